@@ -1,0 +1,115 @@
+"""The one registry of test cases. Every bijector in flowkit appears here at least once, with
+and without context where it takes one; ``test_invariants.py`` runs every invariant on every case.
+
+To add a bijector, append a ``Case`` to ``BIJECTOR_CASES`` (and a 2-D flow to ``FLOW_CASES``
+if it has a preset).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+import flowkit
+from flowkit.bijectors import (
+    ActNorm,
+    Additive,
+    Affine,
+    Bijector,
+    Chain,
+    Coupling,
+    Inverse,
+    Permutation,
+)
+
+
+def standard_normal(batch: int, features: int) -> Tensor:
+    return torch.randn(batch, features, dtype=torch.float64)
+
+
+@dataclass
+class Case:
+    """A bijector configuration and what can be asserted about it.
+
+    Attributes:
+        name: test id.
+        make: builds a fresh bijector (float32; the tests convert it to float64).
+        features: event size.
+        context_features: context width, 0 for none.
+        identity_at_init: whether a fresh instance is the identity map.
+        has_parameters: whether it has trainable parameters (a permutation has none).
+        sample_input: draws ``(batch, features)`` float64 inputs inside the bijector's domain.
+    """
+
+    name: str
+    make: Callable[[], Bijector]
+    features: int
+    context_features: int = 0
+    identity_at_init: bool = True
+    has_parameters: bool = True
+    sample_input: Callable[[int, int], Tensor] = field(default=standard_normal)
+
+
+BIJECTOR_CASES: list[Case] = [
+    Case("coupling-affine", lambda: Coupling(Affine(), 4, hidden_features=8), 4),
+    Case("coupling-affine-context",
+         lambda: Coupling(Affine(), 4, context_features=3, hidden_features=8), 4, context_features=3),
+    Case("coupling-additive", lambda: Coupling(Additive(), 3, hidden_features=8), 3),
+    Case("coupling-additive-context",
+         lambda: Coupling(Additive(), 3, context_features=2, hidden_features=[8]), 3, context_features=2),
+    Case("coupling-affine-custom-mask",
+         lambda: Coupling(Affine(), 5, mask=torch.tensor([False, True, False, True, True]),
+                          hidden_features=[8, 8, 8]), 5),
+    Case("permutation-reverse", lambda: Permutation.reverse(4), 4,
+         identity_at_init=False, has_parameters=False),
+    Case("permutation-random", lambda: Permutation.random(5, seed=3), 5,
+         identity_at_init=False, has_parameters=False),
+    Case("permutation-given", lambda: Permutation([2, 0, 1]), 3,
+         identity_at_init=False, has_parameters=False),
+    Case("actnorm", lambda: ActNorm(3), 3),
+    Case("chain-realnvp-context",
+         lambda: Chain([Coupling(Affine(), 4, context_features=2, hidden_features=8),
+                        Permutation.reverse(4), ActNorm(4),
+                        Coupling(Affine(), 4, context_features=2, hidden_features=8)]),
+         4, context_features=2, identity_at_init=False),
+    Case("inverse-coupling", lambda: Inverse(Coupling(Affine(), 4, hidden_features=8)), 4),
+]
+
+# 2-D flows whose density must integrate to one; each builder takes context_features.
+FLOW_CASES: dict[str, Callable[[], flowkit.Flow]] = {
+    "realnvp": lambda: flowkit.realnvp(2, transforms=3, hidden_features=16),
+    "nice": lambda: flowkit.realnvp(2, transforms=3, hidden_features=16, additive=True, actnorm=True),
+}
+
+
+def perturb(module: torch.nn.Module, scale: float = 0.2, seed: int = 0) -> None:
+    """Move every parameter off its initial value so that invariants are not checked only at the
+    identity (zero-initialised output layers would make most of them trivial)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            noise = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
+            parameter.add_(scale * noise)
+
+
+def prepared(case: Case, seed: int = 0) -> Bijector:
+    """A float64 instance in eval mode, with data-dependent initialisation done, perturbed."""
+    torch.manual_seed(seed)
+    bijector = case.make().double()
+    warm_up = case.sample_input(64, case.features)
+    context = context_for(case, 64)
+    bijector.train()
+    with torch.no_grad():
+        bijector(warm_up, context)
+    bijector.eval()
+    perturb(bijector, seed=seed)
+    return bijector
+
+
+def context_for(case: Case, batch: int) -> Tensor | None:
+    if case.context_features == 0:
+        return None
+    return torch.randn(batch, case.context_features, dtype=torch.float64)
