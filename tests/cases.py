@@ -24,6 +24,7 @@ from flowkit.bijectors import (
     Inverse,
     Permutation,
 )
+from flowkit.bijectors.transformers import RationalQuadraticSpline
 
 
 def standard_normal(batch: int, features: int) -> Tensor:
@@ -76,6 +77,14 @@ BIJECTOR_CASES: list[Case] = [
                         Coupling(Affine(), 4, context_features=2, hidden_features=8)]),
          4, context_features=2, identity_at_init=False),
     Case("inverse-coupling", lambda: Inverse(Coupling(Affine(), 4, hidden_features=8)), 4),
+    # Splines: scale-2.5 inputs put about a third of the points in the linear tails (|x| > 2.5).
+    Case("coupling-spline",
+         lambda: Coupling(RationalQuadraticSpline(num_bins=5, tail_bound=2.5), 4, hidden_features=8), 4,
+         sample_input=lambda batch, features: 2.5 * standard_normal(batch, features)),
+    Case("coupling-spline-context",
+         lambda: Coupling(RationalQuadraticSpline(num_bins=4, tail_bound=2.0), 3, context_features=2,
+                          hidden_features=8), 3, context_features=2,
+         sample_input=lambda batch, features: 2.5 * standard_normal(batch, features)),
 ]
 
 # 2-D flows whose density must integrate to one; each builder takes context_features.
