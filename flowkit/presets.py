@@ -8,11 +8,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 
-from flowkit.bijectors.base import Bijector, Chain
+from flowkit.bijectors.autoregressive import MaskedAutoregressive
+from flowkit.bijectors.base import Bijector, Chain, Inverse
 from flowkit.bijectors.coupling import Coupling
 from flowkit.bijectors.linear import Permutation
 from flowkit.bijectors.normalization import ActNorm
-from flowkit.bijectors.transformers import Additive, Affine
+from flowkit.bijectors.transformers import Additive, Affine, RationalQuadraticSpline, Transformer
 from flowkit.distributions import DiagGaussian
 from flowkit.flow import Flow
 
@@ -40,12 +41,43 @@ def build(preset: str, **kwargs) -> Flow:
 
 
 def make_permutation(kind: str, features: int, seed: int) -> Bijector:
-    """The permutation placed between transforms: ``reverse`` or ``random`` (seeded)."""
+    """The mixing layer placed between transforms: ``reverse``, ``random`` (seeded) or ``lu``
+    (a learned ``LULinear``)."""
     if kind == "reverse":
         return Permutation.reverse(features)
     if kind == "random":
         return Permutation.random(features, seed=seed)
-    raise ValueError(f"unknown permutation {kind!r}; choose reverse or random")
+    if kind == "lu":
+        from flowkit.bijectors.linear import LULinear
+
+        return LULinear(features, seed=seed)
+    raise ValueError(f"unknown permutation {kind!r}; choose reverse, random or lu")
+
+
+def _batch_norm(features: int) -> Bijector:
+    from flowkit.bijectors.normalization import BatchNorm
+
+    return BatchNorm(features)
+
+
+def _stack(
+    features: int,
+    context_features: int,
+    transforms: int,
+    make_layer: Callable[[int], Bijector],
+    permutation: str,
+    seed: int,
+    batch_norm: bool,
+) -> Flow:
+    """``transforms`` layers with a mixing layer (and optionally BatchNorm) between them."""
+    layers: list[Bijector] = []
+    for index in range(transforms):
+        layers.append(make_layer(index))
+        if index < transforms - 1:
+            layers.append(make_permutation(permutation, features, seed + index))
+            if batch_norm:
+                layers.append(_batch_norm(features))
+    return Flow(DiagGaussian(features), Chain(layers), context_features=context_features)
 
 
 @preset
@@ -77,3 +109,114 @@ def realnvp(
         if index < transforms - 1:
             layers.append(make_permutation(permutation, features, seed + index))
     return Flow(DiagGaussian(features), Chain(layers), context_features=context_features)
+
+
+def _autoregressive(transformer: Transformer, features: int, context_features: int,
+                    hidden_features: int | Sequence[int], residual: bool) -> MaskedAutoregressive:
+    return MaskedAutoregressive(transformer, features, context_features=context_features,
+                                hidden_features=hidden_features, residual=residual)
+
+
+@preset
+def maf(
+    features: int,
+    context_features: int = 0,
+    transforms: int = 5,
+    hidden_features: int | Sequence[int] = 64,
+    residual: bool = False,
+    permutation: str = "reverse",
+    seed: int = 0,
+    batch_norm: bool = False,
+) -> Flow:
+    """Masked autoregressive flow (Papamakarios et al., 2017): one-pass density, fast sampling.
+
+    Example:
+        >>> import torch, flowkit.presets as presets
+        >>> flow = presets.maf(features=3, transforms=2, hidden_features=16)
+        >>> flow.sample(4).shape
+        torch.Size([4, 3])
+    """
+    return _stack(features, context_features, transforms,
+                  lambda index: _autoregressive(Affine(), features, context_features,
+                                                hidden_features, residual),
+                  permutation, seed, batch_norm)
+
+
+@preset
+def iaf(
+    features: int,
+    context_features: int = 0,
+    transforms: int = 5,
+    hidden_features: int | Sequence[int] = 64,
+    residual: bool = False,
+    permutation: str = "reverse",
+    seed: int = 0,
+    batch_norm: bool = False,
+) -> Flow:
+    """Inverse autoregressive flow (Kingma et al., 2016): one-pass sampling and
+    ``rsample_and_log_prob`` (reverse-KL), sequential density of external points.
+
+    Example:
+        >>> import torch, flowkit.presets as presets
+        >>> flow = presets.iaf(features=3, transforms=2, hidden_features=16)
+        >>> x, log_q = flow.rsample_and_log_prob(4)
+        >>> x.shape, log_q.shape
+        (torch.Size([4, 3]), torch.Size([4]))
+    """
+    return _stack(features, context_features, transforms,
+                  lambda index: Inverse(_autoregressive(Affine(), features, context_features,
+                                                        hidden_features, residual)),
+                  permutation, seed, batch_norm)
+
+
+@preset
+def nsf(
+    features: int,
+    context_features: int = 0,
+    transforms: int = 5,
+    hidden_features: int | Sequence[int] = 64,
+    num_bins: int = 8,
+    tail_bound: float = 3.0,
+    residual: bool = False,
+    permutation: str = "reverse",
+    seed: int = 0,
+    batch_norm: bool = False,
+) -> Flow:
+    """Autoregressive neural spline flow, NSF-AR (Durkan et al., 2019).
+
+    Example:
+        >>> import torch, flowkit.presets as presets
+        >>> flow = presets.nsf(features=3, transforms=2, hidden_features=16, num_bins=4)
+        >>> flow.log_prob(torch.zeros(2, 3)).shape
+        torch.Size([2])
+    """
+    return _stack(features, context_features, transforms,
+                  lambda index: _autoregressive(RationalQuadraticSpline(num_bins, tail_bound), features,
+                                                context_features, hidden_features, residual),
+                  permutation, seed, batch_norm)
+
+
+@preset
+def nsf_coupling(
+    features: int,
+    context_features: int = 0,
+    transforms: int = 5,
+    hidden_features: int | Sequence[int] = 64,
+    num_bins: int = 8,
+    tail_bound: float = 3.0,
+    permutation: str = "reverse",
+    seed: int = 0,
+    batch_norm: bool = False,
+) -> Flow:
+    """Coupling neural spline flow, NSF-C (Durkan et al., 2019): one pass in both directions.
+
+    Example:
+        >>> import torch, flowkit.presets as presets
+        >>> flow = presets.nsf_coupling(features=4, context_features=1, transforms=2, hidden_features=16)
+        >>> flow.sample(3, context=torch.ones(1)).shape
+        torch.Size([3, 4])
+    """
+    return _stack(features, context_features, transforms,
+                  lambda index: Coupling(RationalQuadraticSpline(num_bins, tail_bound), features,
+                                         context_features=context_features, hidden_features=hidden_features),
+                  permutation, seed, batch_norm)
