@@ -24,7 +24,9 @@ from flowkit.bijectors import (
     Inverse,
     Permutation,
 )
+from flowkit.bijectors.autoregressive import MaskedAutoregressive
 from flowkit.bijectors.transformers import RationalQuadraticSpline
+from flowkit.presets import iaf, maf, nsf, nsf_coupling
 
 
 def standard_normal(batch: int, features: int) -> Tensor:
@@ -85,12 +87,35 @@ BIJECTOR_CASES: list[Case] = [
          lambda: Coupling(RationalQuadraticSpline(num_bins=4, tail_bound=2.0), 3, context_features=2,
                           hidden_features=8), 3, context_features=2,
          sample_input=lambda batch, features: 2.5 * standard_normal(batch, features)),
+    # Masked autoregressive (MAF, NSF-AR, IAF); the inverse runs MADE.solve, the fast path.
+    Case("maf-affine", lambda: MaskedAutoregressive(Affine(), 4, hidden_features=[10, 10]), 4),
+    Case("maf-affine-context-random-order",
+         lambda: MaskedAutoregressive(Affine(), 4, context_features=2, hidden_features=[10, 10],
+                                      order="random", seed=1), 4, context_features=2),
+    Case("maf-spline",
+         lambda: MaskedAutoregressive(RationalQuadraticSpline(num_bins=5, tail_bound=2.5), 3,
+                                      hidden_features=[9, 9]), 3,
+         sample_input=lambda batch, features: 2.5 * standard_normal(batch, features)),
+    Case("maf-spline-context-random-order-residual",
+         lambda: MaskedAutoregressive(RationalQuadraticSpline(num_bins=4, tail_bound=2.0), 4,
+                                      context_features=3, hidden_features=[12, 12], order="random",
+                                      seed=2, residual=True), 4, context_features=3,
+         sample_input=lambda batch, features: 2.5 * standard_normal(batch, features)),
+    Case("iaf", lambda: Inverse(MaskedAutoregressive(Affine(), 4, hidden_features=[10, 10])), 4),
+    Case("iaf-context",
+         lambda: Inverse(MaskedAutoregressive(Affine(), 3, context_features=2, hidden_features=[8, 8],
+                                              order="random", seed=5)), 3, context_features=2),
 ]
 
 # 2-D flows whose density must integrate to one; each builder takes context_features.
 FLOW_CASES: dict[str, Callable[[], flowkit.Flow]] = {
     "realnvp": lambda: flowkit.realnvp(2, transforms=3, hidden_features=16),
     "nice": lambda: flowkit.realnvp(2, transforms=3, hidden_features=16, additive=True, actnorm=True),
+    "maf": lambda: maf(2, transforms=3, hidden_features=16),
+    "maf-random": lambda: maf(2, transforms=3, hidden_features=16, permutation="random", residual=True),
+    "iaf": lambda: iaf(2, transforms=3, hidden_features=16),
+    "nsf": lambda: nsf(2, transforms=2, hidden_features=16, num_bins=5),
+    "nsf-coupling": lambda: nsf_coupling(2, transforms=2, hidden_features=16, num_bins=5),
 }
 
 
