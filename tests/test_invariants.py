@@ -35,10 +35,10 @@ def test_inverse_of_forward_is_input(case: Case) -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_log_det_matches_autograd_jacobian(case: Case) -> None:
     bijector = prepared(case)
-    for row in range(3):
+    for _ in range(3):
         x = case.sample_input(1, case.features)[0]
         context = context_for(case, 1)
-        jacobian = torch.autograd.functional.jacobian(lambda v: bijector(v[None], context)[0][0], x)
+        jacobian = torch.autograd.functional.jacobian(lambda v, c=context: bijector(v[None], c)[0][0], x)
         _, expected = torch.linalg.slogdet(jacobian)
         _, log_det = bijector(x[None], context)
         torch.testing.assert_close(log_det[0], expected, atol=1e-8, rtol=1e-8)

@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Each installs what it needs
+# into a project-local virtual environment first. torch 2.13.0 goes in before anything else so no
+# package can pull a CUDA build of torch on its own.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/flowkit fit datasets/two_moons.csv --flow realnvp --transforms 6 --hidden 64 \
+		--epochs 60 --output out/two_moons.flowkit --plot out/two_moons.png
+	$(BIN)/flowkit plot out/two_moons.flowkit --layers --output out/two_moons_layers.png
+
+test: install
+	$(BIN)/ruff check flowkit cli tests benchmarks datasets
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/sampling.py
+
+clean:
+	rm -rf $(VENV) out

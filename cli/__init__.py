@@ -1,0 +1,1 @@
+"""flowkit's command line, installed as the import package ``flowkit_cli``."""

@@ -1,0 +1,254 @@
+"""``flowkit``: fit, sample, score, plot and inspect density models of tabular data.
+
+Bad input ends with one line on stderr (``error: ...``) and exit status 1; nothing already on
+disk is overwritten unless the command succeeds, since every output is written atomically.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+from functools import wraps
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from flowkit.data.tabular import DataError, Standardizer, Table, read_table
+from flowkit.data.toys import TOYS, make_toy
+from flowkit.io import ModelFileError, load_model, save_model, save_table
+from flowkit.presets import PRESETS, build
+
+INTERRUPTED = 130  # the shell's convention for a run ended by SIGINT
+
+
+def clean_errors(command):
+    """Turn input errors into one line on stderr and a non-zero exit, without a traceback."""
+
+    @wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (DataError, ModelFileError, ValueError, OSError) as error:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+            click.echo(f"error: {message}", err=True)
+            sys.exit(1)
+
+    return run
+
+
+def load_data(source: str, toy_samples: int, seed: int) -> tuple[Table, str]:
+    """A table from a file, or from ``toy:NAME`` (a 2-D toy data set drawn with the seed)."""
+    if source.startswith("toy:"):
+        name = source[4:]
+        if name not in TOYS:
+            raise DataError(f"unknown toy data set {name!r}; choose from {', '.join(TOYS)}")
+        return Table(make_toy(name, toy_samples, seed), ["x", "y"]), name
+    return read_table(source), Path(source).stem
+
+
+def preset_arguments(preset: str, **candidates) -> dict:
+    """The candidate keyword arguments that this preset accepts (``num_bins`` only for splines)."""
+    accepted = inspect.signature(PRESETS[preset]).parameters
+    return {name: value for name, value in candidates.items() if name in accepted and value is not None}
+
+
+def parse_hidden(text: str) -> int | list[int]:
+    try:
+        widths = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected a width or comma-separated widths, got {text!r}") from None
+    if min(widths) < 1:
+        raise click.BadParameter("widths must be positive")
+    return widths[0] if len(widths) == 1 else widths
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="flowkit")
+def main() -> None:
+    """Normalizing flows for tabular data: fit a density, then sample, score and plot it."""
+
+
+@main.command()
+@click.argument("data")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Model file [default: DATA's name + .flowkit].")
+@click.option("--flow", "preset", type=click.Choice(sorted(PRESETS)), default="realnvp", show_default=True)
+@click.option("--transforms", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--hidden", default="64", show_default=True, help="Conditioner width, or widths like 128,128.")
+@click.option("--bins", "num_bins", type=click.IntRange(2), default=8, show_default=True, help="Spline bins.")
+@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--max-steps", type=click.IntRange(1), default=None)
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--patience", type=click.IntRange(1), default=20, show_default=True,
+              help="Epochs without validation improvement before stopping.")
+@click.option("--validation-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+              show_default=True)
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None, help="Seconds.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--toy-samples", type=click.IntRange(2), default=5000, show_default=True,
+              help="Rows to draw when DATA is toy:NAME.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Picture of the fit [default: beside the model, .png].")
+@click.option("--no-plot", is_flag=True, help="Write no picture.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Checkpoint file [default: the model file + .ckpt].")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint of an interrupted run.")
+@click.option("--metrics", type=click.Path(dir_okay=False), default=None, help="Write per-epoch metrics as CSV.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@clean_errors
+def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, batch_size, learning_rate,
+        weight_decay, patience, validation_fraction, time_limit, seed, device, toy_samples, plot_path, no_plot,
+        checkpoint, resume, metrics, quiet) -> None:
+    """Fit a flow to DATA (CSV, TSV, text or .npy table, or toy:NAME) by maximum likelihood."""
+    from flowkit.train import fit_density  # imported here so `flowkit --help` stays fast
+
+    table, name = load_data(data, toy_samples, seed)
+    standardizer = Standardizer.fit(table)
+    output = Path(output or f"{name}.flowkit")
+    checkpoint = Path(checkpoint or f"{output}.ckpt")
+    if resume and not checkpoint.is_file():
+        raise DataError(f"{checkpoint}: no checkpoint to resume from")
+    torch.manual_seed(seed)
+    kwargs = preset_arguments(preset, context_features=0, transforms=transforms, hidden_features=parse_hidden(hidden),
+                              num_bins=num_bins, seed=seed)
+    flow = build(preset, features=table.values.shape[1], **kwargs)
+    result = fit_density(
+        flow, standardizer.transform(table.values).astype(np.float32), validation_fraction=validation_fraction,
+        epochs=epochs, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
+        weight_decay=weight_decay, patience=patience, time_limit=time_limit, seed=seed, device=device,
+        checkpoint=str(checkpoint), resume=resume, progress=False if quiet else "auto", metrics_csv=metrics)
+    if result.stopped == "interrupted":
+        sys.exit(INTERRUPTED)
+    flow = flow.cpu().eval()
+    # The model works on standardised values; report log-likelihoods in the data's own units.
+    validation_nll = None if result.best_validation_loss is None else \
+        float(result.best_validation_loss) - standardizer.log_det
+    metadata = {"data": data, "rows": int(table.values.shape[0]), "steps": int(result.steps),
+                "stopped": result.stopped, "validation_nll": validation_nll,
+                "skipped_steps": int(result.skipped_steps)}
+    save_model(output, flow, standardizer, metadata)
+    checkpoint.unlink(missing_ok=True)  # the finished model supersedes the run's checkpoint
+    message = f"saved {output} ({preset}, {sum(p.numel() for p in flow.parameters())} parameters, " \
+              f"{result.steps} steps, stopped: {result.stopped}"
+    if validation_nll is not None:
+        message += f", validation log-likelihood {-validation_nll:.4f} nats/row"
+    click.echo(message + ")")
+    if not no_plot:
+        write_fit_picture(flow, table, standardizer, Path(plot_path or output.with_suffix(".png")),
+                          f"{preset} on {name}")
+
+
+def write_fit_picture(flow, table: Table, standardizer: Standardizer, path: Path, title: str) -> None:
+    from flowkit.plotting import plot_density_2d, plot_marginals
+
+    if table.values.shape[1] == 2:
+        plot_density_2d(flow, table.values, path, standardizer, title=title)
+    else:
+        samples = standardizer.inverse(flow.sample(min(len(table.values), 20000)).double().numpy())
+        plot_marginals(table.values, samples, table.columns, path)
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-n", "--num-samples", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="CSV file [default: stdout].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=65536, show_default=True)
+@clean_errors
+def sample(model, num_samples, output, seed, batch_size) -> None:
+    """Draw synthetic rows from a fitted MODEL, in the data's units and columns."""
+    flow, standardizer, _ = load_model(model)
+    torch.manual_seed(seed)
+    values = flow.sample(num_samples, batch_size=batch_size).double().numpy()
+    columns = [f"x{i}" for i in range(flow.features)]
+    if standardizer is not None:
+        values, columns = standardizer.inverse(values), standardizer.columns
+    emit_table(output, values, columns)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("data", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="CSV file [default: stdout].")
+@click.option("--batch-size", type=click.IntRange(1), default=65536, show_default=True)
+@clean_errors
+def score(model, data, output, batch_size) -> None:
+    """Write the log-density of each row of DATA under MODEL (low values flag anomalies)."""
+    flow, standardizer, _ = load_model(model)
+    table = read_table(data)
+    values = table.values
+    if standardizer is not None:
+        standardizer.check_columns(table)
+        values = standardizer.transform(values)
+    elif values.shape[1] != flow.features:
+        raise DataError(f"the model expects {flow.features} columns, the data has {values.shape[1]}")
+    dtype = next(flow.parameters()).dtype
+    with torch.no_grad():
+        log_density = flow.log_prob(torch.as_tensor(values, dtype=dtype), batch_size=batch_size).double().numpy()
+    log_density += standardizer.log_det if standardizer is not None else 0.0
+    emit_table(output, log_density[:, None], ["log_density"])
+
+
+def emit_table(output: str | None, values: np.ndarray, columns: list[str]) -> None:
+    if output is None:
+        click.echo(",".join(columns))
+        for row in values:
+            click.echo(",".join(f"{v:.9g}" for v in row))
+    else:
+        save_table(output, values, columns)
+        click.echo(f"wrote {len(values)} rows to {output}", err=True)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@clean_errors
+def info(model, as_json) -> None:
+    """Describe a fitted MODEL: architecture, size, columns and training summary."""
+    flow, standardizer, metadata = load_model(model)
+    summary = {"config": flow.config, "parameters": sum(p.numel() for p in flow.parameters()),
+               "columns": standardizer.columns if standardizer is not None else None, "training": metadata}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"flow:       {flow.config['preset']} ({summary['parameters']} parameters)")
+    click.echo(f"config:     {json.dumps({k: v for k, v in flow.config.items() if k != 'preset'})}")
+    if summary["columns"]:
+        click.echo(f"columns:    {', '.join(summary['columns'])}")
+    for key, value in metadata.items():
+        click.echo(f"{key + ':':<11} {value}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("data", type=click.Path(dir_okay=False), required=False)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="PNG file.")
+@click.option("--layers", is_flag=True, help="Show how each layer bends space (2-D flows).")
+@clean_errors
+def plot(model, data, output, layers) -> None:
+    """Picture a fitted MODEL: density and samples beside DATA, marginals, or its layers."""
+    from flowkit.plotting import plot_layers
+
+    flow, standardizer, _ = load_model(model)
+    if layers:
+        plot_layers(flow, output, standardizer)
+        click.echo(f"wrote {output}")
+        return
+    if data is None:
+        raise DataError("give DATA to draw beside the model (or --layers)")
+    table = read_table(data)
+    if standardizer is not None:
+        standardizer.check_columns(table)
+    else:
+        standardizer = Standardizer(np.zeros(flow.features), np.ones(flow.features), table.columns)
+    write_fit_picture(flow, table, standardizer, Path(output), Path(data).stem)
+
+
+if __name__ == "__main__":
+    main()
