@@ -1,0 +1,409 @@
+"""Unnormalised log-densities to fit a variational flow to, by reverse KL.
+
+Each target is a small ``nn.Module`` whose call maps ``(n, features)`` to ``(n,)`` log-densities
+in torch (so pathwise gradients pass through it), with its ``features`` and, where known, its
+``log_z`` (the log of ``integral exp(log_prob)``), ``mean``, ``covariance`` and an exact
+``sample``. Constants are float64 buffers, cast to the input's dtype and device at each call, so a
+target works with float32 and float64 flows alike and moves with ``.to(device)``.
+
+``make_target(name, **kwargs)`` builds one by name from ``TARGETS`` (what a command line needs).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
+
+
+def _normal_log_prob(x: Tensor, scale: Tensor | float) -> Tensor:
+    """Elementwise log N(x; 0, scale^2)."""
+    scale = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
+    return -0.5 * (x / scale).square() - torch.log(scale) - HALF_LOG_TWO_PI
+
+
+class Target(nn.Module):
+    """Base class: a log-density over ``R^features``; ``None`` where a quantity is unknown.
+
+    Attributes:
+        features: dimension of the support.
+        log_z: log normalising constant of ``exp(log_prob)``, or None when unknown.
+    """
+
+    features: int
+    log_z: float | None = None
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Unnormalised log-density of each row of ``x``, shape ``(n,)``."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 2 or x.shape[1] != self.features:
+            raise ValueError(f"expected x of shape (n, {self.features}), got {tuple(x.shape)}")
+        return self.log_prob(x)
+
+    @property
+    def mean(self) -> Tensor | None:
+        return None
+
+    @property
+    def covariance(self) -> Tensor | None:
+        return None
+
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """Exact samples, float64 ``(num_samples, features)``, where the target has a sampler."""
+        raise NotImplementedError(f"{type(self).__name__} has no exact sampler")
+
+    def _randn(self, num_samples: int, generator: torch.Generator | None) -> Tensor:
+        return torch.randn(num_samples, self.features, generator=generator, dtype=torch.float64)
+
+
+class CorrelatedGaussian(Target):
+    """A normalised Gaussian with a full covariance: the target with a known answer.
+
+    Without a ``covariance``, one is drawn from ``seed``: a random rotation of variances spread
+    log-uniformly over ``[0.1, 10]`` (condition number 100), with a standard-normal mean.
+
+    Args:
+        features: dimension (inferred from ``covariance`` or ``mean`` when given; default 2).
+        mean: ``(features,)`` mean.
+        covariance: ``(features, features)`` symmetric positive-definite matrix.
+        seed: seeds the mean and covariance that are not given.
+
+    Example:
+        >>> import torch
+        >>> target = CorrelatedGaussian(features=3, seed=1)
+        >>> target(target.sample(5)).shape, target.log_z
+        (torch.Size([5]), 0.0)
+    """
+
+    log_z = 0.0
+
+    def __init__(self, features: int | None = None, mean: Tensor | None = None,
+                 covariance: Tensor | None = None, seed: int = 0) -> None:
+        super().__init__()
+        given = covariance if covariance is not None else mean
+        self.features = int(given.shape[0]) if given is not None else (features or 2)
+        if features is not None and features != self.features:
+            raise ValueError(f"features={features} but the mean/covariance have {self.features}")
+        generator = torch.Generator().manual_seed(seed)
+        if covariance is None:
+            rotation, _ = torch.linalg.qr(torch.randn(self.features, self.features, generator=generator,
+                                                      dtype=torch.float64))
+            variances = torch.logspace(-1, 1, self.features, dtype=torch.float64)
+            covariance = rotation @ torch.diag(variances) @ rotation.T
+        covariance = torch.as_tensor(covariance, dtype=torch.float64)
+        covariance = 0.5 * (covariance + covariance.T)
+        mean = torch.randn(self.features, generator=generator, dtype=torch.float64) if mean is None else mean
+        mean = torch.as_tensor(mean, dtype=torch.float64)
+        if covariance.shape != (self.features, self.features) or mean.shape != (self.features,):
+            size = self.features
+            raise ValueError(f"mean must be ({size},) and covariance ({size}, {size})")
+        cholesky, info = torch.linalg.cholesky_ex(covariance)
+        if int(info) != 0:
+            raise ValueError("covariance must be symmetric positive definite")
+        self.register_buffer("loc", mean)
+        self.register_buffer("covariance_matrix", covariance)
+        self.register_buffer("cholesky", cholesky)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        cholesky = self.cholesky.to(x)
+        whitened = torch.linalg.solve_triangular(cholesky, (x - self.loc.to(x)).T, upper=False)
+        log_det = torch.log(torch.diagonal(cholesky)).sum()
+        return -0.5 * whitened.square().sum(0) - log_det - self.features * HALF_LOG_TWO_PI
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc
+
+    @property
+    def covariance(self) -> Tensor:
+        return self.covariance_matrix
+
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.loc + self._randn(num_samples, generator) @ self.cholesky.T
+
+
+class NealsFunnel(Target):
+    """Neal's funnel: neck ``v = x[:, 0] ~ N(0, neck_scale^2)``, then ``x_i | v ~ N(0, e^v)``.
+
+    Normalised. The scale of the other coordinates changes by ``e^{+-3 neck_scale / 2}`` over the
+    neck's range, which is what makes it hard for samplers and variational families alike.
+
+    Example:
+        >>> import torch
+        >>> target = NealsFunnel(features=3)
+        >>> round(target(torch.zeros(1, 3)).item(), 4)  # log N(0; 0, 9) + 2 log N(0; 0, 1)
+        -3.8554
+    """
+
+    log_z = 0.0
+
+    def __init__(self, features: int = 2, neck_scale: float = 3.0) -> None:
+        super().__init__()
+        if features < 2:
+            raise ValueError(f"a funnel needs at least 2 features, got {features}")
+        self.features, self.neck_scale = features, neck_scale
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        neck, rest = x[:, 0], x[:, 1:]
+        # log N(x; 0, e^v) = -x^2 e^{-v} / 2 - v / 2 - log sqrt(2 pi), written without exp(v / 2)
+        rest_log_prob = -0.5 * (rest.square() * torch.exp(-neck)[:, None] + neck[:, None]) - HALF_LOG_TWO_PI
+        return _normal_log_prob(neck, self.neck_scale) + rest_log_prob.sum(-1)
+
+    @property
+    def mean(self) -> Tensor:
+        return torch.zeros(self.features, dtype=torch.float64)
+
+    @property
+    def covariance(self) -> Tensor:
+        # Var(x_i) = E[e^v] = e^{neck_scale^2 / 2}; the coordinates are uncorrelated.
+        variances = torch.full((self.features,), math.exp(self.neck_scale**2 / 2), dtype=torch.float64)
+        variances[0] = self.neck_scale**2
+        return torch.diag(variances)
+
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        noise = self._randn(num_samples, generator)
+        neck = self.neck_scale * noise[:, :1]
+        return torch.cat([neck, torch.exp(0.5 * neck) * noise[:, 1:]], dim=1)
+
+
+class Banana(Target):
+    """Haario's twisted Gaussian: ``N(0, diag(first_scale^2, 1, ...))`` with ``x_2`` bent by
+    ``x_2 + curvature * (x_1^2 - first_scale^2)``. The twist has unit Jacobian, so it stays
+    normalised with mean zero.
+
+    Example:
+        >>> import torch
+        >>> target = Banana()
+        >>> target.covariance.diagonal().tolist()  # first_scale^2, 1 + 2 b^2 first_scale^4
+        [100.0, 19.0]
+    """
+
+    log_z = 0.0
+
+    def __init__(self, features: int = 2, curvature: float = 0.03, first_scale: float = 10.0) -> None:
+        super().__init__()
+        if features < 2:
+            raise ValueError(f"a banana needs at least 2 features, got {features}")
+        self.features, self.curvature, self.first_scale = features, curvature, first_scale
+
+    def _untwist(self, x: Tensor) -> Tensor:
+        second = x[:, 1] - self.curvature * (x[:, 0].square() - self.first_scale**2)
+        return torch.cat([x[:, :1], second[:, None], x[:, 2:]], dim=1)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        straight = self._untwist(x)
+        first = _normal_log_prob(straight[:, 0], self.first_scale)
+        return first + _normal_log_prob(straight[:, 1:], 1.0).sum(-1)
+
+    @property
+    def mean(self) -> Tensor:
+        return torch.zeros(self.features, dtype=torch.float64)
+
+    @property
+    def covariance(self) -> Tensor:
+        # Var(b (x_1^2 - s^2)) = 2 b^2 s^4; Cov(x_1, x_1^2) = E[x_1^3] = 0.
+        variances = torch.ones(self.features, dtype=torch.float64)
+        variances[0] = self.first_scale**2
+        variances[1] = 1 + 2 * self.curvature**2 * self.first_scale**4
+        return torch.diag(variances)
+
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        x = self._randn(num_samples, generator)
+        x[:, 0] *= self.first_scale
+        x[:, 1] += self.curvature * (x[:, 0].square() - self.first_scale**2)
+        return x
+
+
+class GaussianMixture(Target):
+    """``sum_k weights_k N(x; means_k, diag(scales_k^2))``; ``log_z = log(sum(weights))``.
+
+    Args:
+        means: ``(components, features)``.
+        scales: ``(components, features)``, ``(components,)`` or a scalar; positive.
+        weights: ``(components,)`` positive, default equal weights summing to one.
+
+    Example:
+        >>> import torch
+        >>> target = GaussianMixture.ring(components=4, radius=3.0)
+        >>> target.mean.abs().max().item() < 1e-12, target.log_z
+        (True, 0.0)
+    """
+
+    def __init__(self, means: Tensor, scales: Tensor | float = 1.0, weights: Tensor | None = None) -> None:
+        super().__init__()
+        means = torch.as_tensor(means, dtype=torch.float64)
+        if means.dim() != 2:
+            raise ValueError(f"means must be (components, features), got {tuple(means.shape)}")
+        components, self.features = means.shape
+        scales = torch.as_tensor(scales, dtype=torch.float64)
+        scales = scales[:, None] if scales.dim() == 1 else scales
+        scales = scales.expand(components, self.features).clone()
+        weights = torch.full((components,), 1 / components, dtype=torch.float64) if weights is None \
+            else torch.as_tensor(weights, dtype=torch.float64)
+        if weights.shape != (components,) or not bool((weights > 0).all()) or not bool((scales > 0).all()):
+            raise ValueError("weights must be (components,) and positive, and scales positive")
+        self.log_z = math.log(weights.sum().item())
+        self.register_buffer("means", means)
+        self.register_buffer("scales", scales)
+        self.register_buffer("weights", weights)
+
+    @classmethod
+    def ring(cls, components: int = 8, radius: float = 4.0, scale: float = 0.5) -> GaussianMixture:
+        """Equal, well separated 2-D components on a circle: a mode-seeking test for reverse KL."""
+        angles = torch.arange(components, dtype=torch.float64) * (2 * math.pi / components)
+        return cls(radius * torch.stack([angles.cos(), angles.sin()], dim=1), scale)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        means, scales = self.means.to(x), self.scales.to(x)
+        per_component = _normal_log_prob(x[:, None, :] - means, scales).sum(-1)
+        return torch.logsumexp(per_component + torch.log(self.weights.to(x)), dim=1)
+
+    @property
+    def mean(self) -> Tensor:
+        return (self.weights / self.weights.sum()) @ self.means
+
+    @property
+    def covariance(self) -> Tensor:
+        probabilities = self.weights / self.weights.sum()
+        second_moment = torch.einsum("k,ki,kj->ij", probabilities, self.means, self.means) \
+            + torch.diag(probabilities @ self.scales.square())
+        return second_moment - torch.outer(self.mean, self.mean)
+
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        index = torch.multinomial(self.weights, num_samples, replacement=True, generator=generator)
+        return self.means[index] + self.scales[index] * self._randn(num_samples, generator)
+
+
+class RezendeEnergy(Target):
+    """The 2-D energies U1-U4 of Rezende and Mohamed (2015, Table 1); ``log_prob = -U``.
+
+    U2-U4 do not confine ``z_1`` (they are periodic in it, so improper), so by default a steep
+    quadratic wall outside ``[-wall, wall]^2`` is added; it is zero inside the square the paper
+    plots. ``wall=None`` gives the energies exactly as published. Unnormalised: ``log_z`` is None.
+
+    Example:
+        >>> import torch
+        >>> RezendeEnergy(2)(torch.zeros(1, 2)).item()  # U2(0) = (0 - sin 0)^2 / (2 0.4^2)
+        -0.0
+    """
+
+    def __init__(self, index: int, wall: float | None = 4.0) -> None:
+        super().__init__()
+        if index not in (1, 2, 3, 4):
+            raise ValueError(f"Rezende-Mohamed energies are U1-U4, got index {index}")
+        self.features, self.index, self.wall = 2, index, wall
+
+    def energy(self, z: Tensor) -> Tensor:
+        """``U(z)`` exactly as in the paper, shape ``(n,)``."""
+        z1, z2 = z[:, 0], z[:, 1]
+        w1 = torch.sin(2 * math.pi * z1 / 4)
+        if self.index == 1:
+            ring = 0.5 * ((z.norm(dim=1) - 2) / 0.4).square()
+            modes = torch.stack([-0.5 * ((z1 - 2) / 0.6).square(), -0.5 * ((z1 + 2) / 0.6).square()])
+            return ring - torch.logsumexp(modes, dim=0)
+        if self.index == 2:
+            return 0.5 * ((z2 - w1) / 0.4).square()
+        if self.index == 3:
+            w2 = 3 * torch.exp(-0.5 * ((z1 - 1) / 0.6).square())
+            branches = torch.stack([(z2 - w1) / 0.35, (z2 - w1 + w2) / 0.35])
+            return -torch.logsumexp(-0.5 * branches.square(), dim=0)
+        w3 = 3 * torch.sigmoid((z1 - 1) / 0.3)
+        branches = torch.stack([(z2 - w1) / 0.4, (z2 - w1 + w3) / 0.35])
+        return -torch.logsumexp(-0.5 * branches.square(), dim=0)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        log_density = -self.energy(x)
+        if self.wall is not None:
+            outside = F.relu(x.abs() - self.wall)
+            log_density = log_density - 0.5 * (outside / 0.1).square().sum(-1)
+        return log_density
+
+
+def logistic_regression_data(num_observations: int = 100, num_covariates: int = 5, seed: int = 0,
+                             intercept: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """A reproducible synthetic data set: ``(covariates, labels, true_weights)``, all float64.
+
+    Covariates are standard normal (with a leading column of ones when ``intercept``), the true
+    weights standard normal, and each label Bernoulli(sigmoid(covariates @ true_weights)).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    covariates = torch.randn(num_observations, num_covariates, generator=generator, dtype=torch.float64)
+    if intercept:
+        covariates = torch.cat([torch.ones(num_observations, 1, dtype=torch.float64), covariates], dim=1)
+    true_weights = torch.randn(covariates.shape[1], generator=generator, dtype=torch.float64)
+    labels = torch.bernoulli(torch.sigmoid(covariates @ true_weights), generator=generator)
+    return covariates, labels, true_weights
+
+
+class BayesianLogisticRegression(Target):
+    """Posterior over logistic-regression weights with a ``N(0, prior_scale^2 I)`` prior.
+
+    ``log p(w | data) + const = sum_i [y_i s_i - softplus(s_i)] + log N(w; 0, prior_scale^2 I)``
+    with ``s_i = covariates_i . w``. Without ``covariates`` and ``labels`` the data come from
+    ``logistic_regression_data(num_observations, num_covariates, seed)``.
+
+    Example:
+        >>> target = BayesianLogisticRegression(num_observations=50, num_covariates=2)
+        >>> target.features, tuple(target.covariates.shape)
+        (3, (50, 3))
+    """
+
+    def __init__(self, covariates: Tensor | None = None, labels: Tensor | None = None,
+                 num_observations: int = 100, num_covariates: int = 5, prior_scale: float = 1.0,
+                 seed: int = 0) -> None:
+        super().__init__()
+        true_weights = None
+        if covariates is None and labels is None:
+            data = logistic_regression_data(num_observations, num_covariates, seed)
+            covariates, labels, true_weights = data
+        elif covariates is None or labels is None:
+            raise ValueError("give both covariates and labels, or neither")
+        covariates = torch.as_tensor(covariates, dtype=torch.float64)
+        labels = torch.as_tensor(labels, dtype=torch.float64)
+        if covariates.dim() != 2 or labels.shape != (covariates.shape[0],):
+            raise ValueError(f"covariates must be (n, d) and labels (n,), got {tuple(covariates.shape)} "
+                             f"and {tuple(labels.shape)}")
+        if not bool(((labels == 0) | (labels == 1)).all()):
+            raise ValueError("labels must be 0 or 1")
+        self.features, self.prior_scale = covariates.shape[1], prior_scale
+        self.register_buffer("covariates", covariates)
+        self.register_buffer("labels", labels)
+        self.true_weights = true_weights
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        logits = x @ self.covariates.to(x).T  # (n, observations)
+        log_likelihood = (self.labels.to(x) * logits - F.softplus(logits)).sum(-1)
+        return log_likelihood + _normal_log_prob(x, self.prior_scale).sum(-1)
+
+
+TARGETS: dict[str, Callable[..., Target]] = {
+    "gaussian": CorrelatedGaussian,
+    "funnel": NealsFunnel,
+    "banana": Banana,
+    "mixture": GaussianMixture.ring,
+    "u1": functools.partial(RezendeEnergy, 1),
+    "u2": functools.partial(RezendeEnergy, 2),
+    "u3": functools.partial(RezendeEnergy, 3),
+    "u4": functools.partial(RezendeEnergy, 4),
+    "logistic": BayesianLogisticRegression,
+}
+
+
+def make_target(name: str, **kwargs) -> Target:
+    """Build a registered target by name, passing ``kwargs`` to its constructor.
+
+    Example:
+        >>> make_target("funnel", features=5).features
+        5
+    """
+    if name not in TARGETS:
+        raise ValueError(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
+    return TARGETS[name](**kwargs)
