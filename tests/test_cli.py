@@ -134,12 +134,16 @@ def test_installed_console_script_reports_errors_without_traceback(tmp_path: Pat
 @pytest.mark.skipif(not (MINIBOONE / "val.npy").is_file(), reason="shared MINIBOONE splits not present")
 def test_fit_and_score_real_miniboone(tmp_path: Path) -> None:
     model = tmp_path / "miniboone.flowkit"
-    result = run("fit", str(MINIBOONE / "val.npy"), "-o", str(model), "--max-steps", "60", "--no-plot", *FAST)
+    result = run("fit", str(MINIBOONE / "val.npy"), "-o", str(model), "--max-steps", "200", "--epochs", "100",
+                 "--transforms", "2", "--hidden", "16", "--batch-size", "128", "--no-plot", "-q")
     assert result.exit_code == 0, result.output
     result = run("score", str(model), str(MINIBOONE / "test.npy"), "-o", str(tmp_path / "scores.csv"))
     assert result.exit_code == 0
     scores = np.loadtxt(tmp_path / "scores.csv", delimiter=",", skiprows=1)
     assert scores.shape == (3648,) and np.isfinite(scores).all()
-    # The test split is standardised already; an untrained flow scores about -61 nats/row, and even a
-    # short fit moves well beyond a Gaussian's -37.7 on the bulk of the rows.
-    assert np.median(scores) > -45
+    # Baseline: the diagonal Gaussian fitted to the same rows (what the flow is at initialisation),
+    # scored on the held-out test split. 200 steps measured about 9 nats/row better.
+    val, test = np.load(MINIBOONE / "val.npy"), np.load(MINIBOONE / "test.npy")
+    mean, std = val.mean(0), val.std(0)
+    baseline = (-0.5 * ((test - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)).sum(1)
+    assert scores.mean() > baseline.mean() + 4.0
