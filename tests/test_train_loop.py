@@ -1,0 +1,140 @@
+"""The generic loop: non-finite steps never reach the weights, roll-back, schedule, clipping."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import flowkit
+from flowkit.train import density as density_module
+from flowkit.train import fit_density
+from flowkit.train.loop import LoopConfig, train_loop
+from flowkit.train.schedule import Schedule, make_optimizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks on a shared 2-core machine: one thread avoids spinning against other processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
+def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+class Recorder:
+    """A regression loss that records the weights each step starts from and can go bad."""
+
+    def __init__(self, model: torch.nn.Module, bad_steps: set[int], kind: str = "loss") -> None:
+        torch.manual_seed(1)
+        self.model, self.bad_steps, self.kind = model, bad_steps, kind
+        self.x = torch.randn(32, 3)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5]) + 0.3
+        self.before: dict[int, dict[str, torch.Tensor]] = {}
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, int]:
+        self.before[step] = _weights(self.model)
+        x = self.x
+        if step in self.bad_steps and self.kind == "gradient":
+            x = x.clone()
+            x[0, 0] = math.inf  # finite loss is impossible here, but the gradient is what explodes
+        loss = (self.model(x).squeeze(-1) - self.y).square().mean()
+        if step in self.bad_steps and self.kind == "loss":
+            loss = loss * math.nan
+        return loss, len(x)
+
+
+@pytest.mark.parametrize("kind", ["loss", "gradient"])
+def test_non_finite_steps_are_skipped_and_counted(kind: str) -> None:
+    model = torch.nn.Linear(3, 1)
+    recorder = Recorder(model, bad_steps={4, 7}, kind=kind)
+    config = LoopConfig(total_steps=10, steps_per_record=5, learning_rate=0.01, progress=False)
+    result = train_loop(model, recorder, config)
+    assert result.skipped_steps == 2
+    assert result.history[-1]["skipped_steps"] == 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    # a skipped step leaves the weights exactly as they were (no partial update, no momentum)
+    assert _equal(recorder.before[5], recorder.before[4])
+    assert _equal(recorder.before[8], recorder.before[7])
+    assert not _equal(recorder.before[6], recorder.before[5])  # good steps do move the weights
+    assert result.rollbacks == 0
+
+
+def test_consecutive_bad_steps_roll_back_with_a_lower_learning_rate(capsys: pytest.CaptureFixture) -> None:
+    model = torch.nn.Linear(3, 1)
+    recorder = Recorder(model, bad_steps={11, 12, 13})
+    config = LoopConfig(total_steps=20, steps_per_record=5, learning_rate=0.01, schedule="constant",
+                        max_bad_steps=3, progress=False)
+    result = train_loop(model, recorder, config)
+    assert result.rollbacks == 1 and result.skipped_steps == 3
+    # the last good state is the one recorded at step 10; step 11 had moved away from it
+    assert not _equal(recorder.before[11], recorder.before[10])
+    assert _equal(recorder.before[14], recorder.before[10])
+    assert result.history[-1]["learning_rate"] == pytest.approx(0.005)
+    assert result.stopped == "completed"
+    assert "rolled back to the weights of step 10" in capsys.readouterr().err
+
+
+def test_a_loss_that_stays_non_finite_stops_as_diverged() -> None:
+    model = torch.nn.Linear(3, 1)
+    initial = _weights(model)
+    recorder = Recorder(model, bad_steps=set(range(100)))
+    config = LoopConfig(total_steps=100, steps_per_record=10, max_bad_steps=2, max_rollbacks=2, progress=False)
+    result = train_loop(model, recorder, config)
+    assert result.stopped == "diverged"
+    assert result.rollbacks == 3 and result.steps == 6
+    assert _equal(_weights(model), initial)
+
+
+def test_fit_density_skips_an_injected_non_finite_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"count": 0}
+    original = density_module.losses.negative_log_likelihood
+
+    def sometimes_nan(flow, x, context=None):
+        calls["count"] += 1
+        loss = original(flow, x, context)
+        return loss * math.inf if calls["count"] in (3, 9) else loss
+
+    monkeypatch.setattr(density_module.losses, "negative_log_likelihood", sometimes_nan)
+    torch.manual_seed(0)
+    flow = flowkit.realnvp(features=2, transforms=2, hidden_features=8)
+    result = fit_density(flow, torch.randn(200, 2), epochs=2, batch_size=32, progress=False)
+    assert result.skipped_steps == 2
+    assert all(torch.isfinite(p).all() for p in flow.parameters())
+    assert all(math.isfinite(r["train_loss"]) for r in result.history)
+
+
+def test_schedule_warmup_then_cosine_to_zero() -> None:
+    optimizer = make_optimizer(torch.nn.Linear(2, 2).parameters(), 0.1)
+    schedule = Schedule(optimizer, 0.1, total_steps=110, kind="cosine", warmup_steps=10)
+    rates = [schedule.apply(step) for step in range(111)]
+    assert rates[0] == pytest.approx(0.01) and rates[9] == pytest.approx(0.1)
+    assert rates[60] == pytest.approx(0.05) and rates[110] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+    assert optimizer.param_groups[0]["lr"] == rates[-1]
+    constant = Schedule(optimizer, 0.1, total_steps=10, kind="constant")
+    assert {constant.rate(step) for step in range(10)} == {0.1}
+    with pytest.raises(ValueError, match="unknown schedule"):
+        Schedule(optimizer, 0.1, 10, kind="exponential")
+
+
+def test_gradient_clipping_bounds_the_update() -> None:
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    x = torch.full((8, 1), 1000.0)  # huge gradient
+    config = LoopConfig(total_steps=1, steps_per_record=1, learning_rate=1.0, clip_grad_norm=1e-3,
+                        schedule="constant", progress=False)
+    result = train_loop(model, lambda step: ((model(x) - 5000.0).square().mean(), 8), config)
+    assert result.history[0]["grad_norm"] > 1e3  # the norm is reported before clipping
+    # the gradient the optimiser saw (left in .grad after the last step) was scaled to the bound
+    assert model.weight.grad.norm().item() == pytest.approx(1e-3, rel=1e-4)
