@@ -75,8 +75,10 @@ def fit_variational(
         >>> bool(flow.sample(2000).mean(0).sub(2.0).abs().max() < 0.2)
         True
     """
-    from flowkit.estimators import reverse_kl_loss  # helper module; imported when training starts
+    from flowkit.estimators import ESTIMATORS, reverse_kl_loss
 
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
     if steps < 1 or num_samples < 1:
         raise ValueError(f"steps and num_samples must be positive, got {steps} and {num_samples}")
     place = dist_tools.detect()

@@ -1,0 +1,77 @@
+"""fit_variational: reverse KL fits a known target, and its diagnostics see the fit."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import flowkit
+from flowkit.train import fit_variational
+
+LOC = torch.tensor([1.5, -1.0])
+SCALE = torch.tensor([0.5, 2.0])
+LOG_Z = float(torch.log(SCALE * math.sqrt(2 * math.pi)).sum())  # of the unnormalised target below
+
+
+def log_target(x: torch.Tensor) -> torch.Tensor:
+    return -0.5 * ((x - LOC) / SCALE).square().sum(-1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks on a shared 2-core machine: one thread avoids spinning against other processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("estimator", ["pathwise", "stl"])
+def test_reverse_kl_recovers_a_gaussian_target(estimator: str, capsys: pytest.CaptureFixture) -> None:
+    torch.manual_seed(0)
+    flow = flowkit.realnvp(features=2, transforms=2, hidden_features=16)
+    result = fit_variational(flow, log_target, steps=400, num_samples=128, estimator=estimator,
+                             learning_rate=1e-2, device="cpu", progress="lines", diagnostic_samples=4000)
+    with torch.no_grad():
+        samples = flow.sample(8000)
+    assert samples.mean(0).sub(LOC).abs().max() < 0.15
+    assert (samples.std(0) / SCALE).sub(1).abs().max() < 0.1
+    # the loss is the negative ELBO: it approaches -log Z from above
+    assert result.history[-1]["train_loss"] == pytest.approx(-LOG_Z, abs=0.1)
+    assert result.history[0]["train_loss"] > result.history[-1]["train_loss"] + 0.5
+    report = result.diagnostics
+    assert {"elbo", "log_z", "ess", "khat"} <= report.keys()
+    assert report["log_z"] == pytest.approx(LOG_Z, abs=0.05)
+    assert report["elbo"] <= report["log_z"] + 1e-9
+    assert report["ess"] > 0.5 * 4000 and report["khat"] < 0.5
+    assert "diagnostics: elbo" in capsys.readouterr().err
+    assert result.stopped == "completed" and result.steps == 400 and len(result.history) == 20
+
+
+def test_an_untrained_flow_has_worse_diagnostics() -> None:
+    torch.manual_seed(0)
+    flow = flowkit.realnvp(features=2, transforms=2, hidden_features=16)
+    result = fit_variational(flow, log_target, steps=1, learning_rate=1e-6, progress=False,
+                             diagnostic_samples=4000)
+    assert result.diagnostics["ess"] < 0.5 * 4000  # N(0, I) is far from the target
+    assert result.diagnostics["elbo"] < LOG_Z - 0.5
+
+
+def test_variational_with_a_context_and_unknown_estimator() -> None:
+    torch.manual_seed(0)
+    flow = flowkit.realnvp(features=2, context_features=1, transforms=2, hidden_features=8)
+
+    def conditional_target(x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return -0.5 * (x - 3.0 * context).square().sum(-1)
+
+    result = fit_variational(flow, conditional_target, steps=150, num_samples=64, learning_rate=1e-2,
+                             context=torch.ones(1), progress=False, diagnostic_samples=500)
+    with torch.no_grad():
+        mean = flow.sample(2000, context=torch.ones(1)).mean(0)
+    assert mean.sub(3.0).abs().max() < 0.3
+    assert result.diagnostics["khat"] < 0.7
+    with pytest.raises(ValueError, match="unknown estimator"):
+        fit_variational(flow, conditional_target, steps=2, estimator="magic", context=torch.ones(1),
+                        progress=False)
