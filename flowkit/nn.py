@@ -6,7 +6,7 @@ identity parameters and every layer starts as the identity map.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -106,7 +106,7 @@ def hidden_degrees(width: int, features: int, context_features: int) -> Tensor:
     Degrees run over ``1..D-1``, or ``0..D-1`` with a context: degree-0 units see only the
     context, so even the first feature's parameters depend on it. Every degree below ``D`` can
     reach an output (the last feature has degree ``D``). Sorting makes units of one degree a
-    contiguous slice, which is what the one-pass inverse (``MADE.solve``) steps through.
+    contiguous slice, which is what the one-pass autoregressive inverse steps through.
     """
     low = 0 if context_features or features == 1 else 1
     return torch.sort(torch.arange(width) % (features - low) + low).values
@@ -117,7 +117,9 @@ class MADE(nn.Module):
 
     Output ``(batch, features, num_params)``: the parameters of feature ``i`` depend only on
     inputs earlier in the order (lower degree) and on the context. Hidden units are sorted by
-    degree, so :meth:`solve` can invert an autoregressive transform computing every unit once.
+    degree (``bounds[layer][d]`` is the slice of units of degree ``d``), so that
+    ``flowkit.bijectors.autoregressive.solve`` can invert an autoregressive transform computing
+    every unit once.
 
     Args:
         features: number of autoregressive inputs ``D``.
@@ -171,8 +173,8 @@ class MADE(nn.Module):
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
         # Per layer, per degree d: the slice [start, end) of the units of degree d. Static, so
-        # the inverse does no index arithmetic per step.
-        self._bounds = [[_degree_slice(layer.degrees, d) for d in range(features)] for layer in layers]
+        # the autoregressive inverse does no index arithmetic per step.
+        self.bounds = [[_degree_slice(layer.degrees, d) for d in range(features)] for layer in layers]
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         h = x if context is None else torch.cat([x, context], dim=-1)
@@ -181,103 +183,7 @@ class MADE(nn.Module):
             h = h + a if self.residual and index > 0 else a
         return self.output(h).view(-1, self.features, self.num_params)
 
-    def solve(
-        self,
-        target: Tensor,
-        step: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
-        context: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Solve ``x[:, i] = step(target[:, i], MADE(x)[:, i])[0]`` for every feature, in order.
-
-        This is the inverse of a masked autoregressive transform in about one forward pass of
-        arithmetic: feature ``k`` (in the order) needs the hidden units of degree ``< k``, and the
-        only units not yet computed are those of degree ``k - 1``, a contiguous slice of each
-        (degree-sorted) layer. Each of the ``D`` steps computes that slice in every layer from
-        the cached earlier activations, then the ``num_params`` outputs of feature ``k``. The
-        context's share of the first layer is computed once up front. Without gradients the
-        activations are written into preallocated buffers; with gradients they are grown by
-        concatenation (in-place writes would break autograd).
-
-        Args:
-            target: ``(batch, features)`` values to invert.
-            step: maps ``(target column (batch,), params (batch, num_params))`` to
-                ``(x column, log-det column)``, e.g. a transformer's ``inverse``.
-            context: ``(batch, context_features)`` or None.
-
-        Returns:
-            ``x`` of shape ``(batch, features)`` and the summed log-det of ``step``, ``(batch,)``.
-        """
-        batch, features, num_params = target.shape[0], self.features, self.num_params
-        index = self.order_index
-        first = self.layers[0]
-        weight_first = first.weight[:, :features]
-        target_sorted = target
-        if not self.natural_order:
-            weight_first, target_sorted = weight_first[:, index], target[:, index]
-        bias_first = first.bias.expand(batch, -1)
-        if context is not None:
-            bias_first = torch.addmm(first.bias, context, first.weight[:, features:].t())
-        # Output rows regrouped by degree: row k holds the num_params outputs of the k-th feature.
-        weight_out = self.output.weight.view(features, num_params, -1)[index]
-        bias_out = self.output.bias.view(features, num_params)[index]
-        in_place = not torch.is_grad_enabled()
-        x = _Columns(target, features, in_place)
-        activations = [_Columns(target, layer.out_features, in_place) for layer in self.layers]
-        total = target.new_zeros(batch)
-        for k in range(features):
-            below = x
-            for number, (layer, acts) in enumerate(zip(self.layers, activations)):
-                start, end = self._bounds[number][k]
-                if start < end:
-                    if number == 0:
-                        pre = bias_first[:, start:end]
-                        if k > 0:
-                            pre = torch.addmm(pre, x.all(), weight_first[start:end, :k].t())
-                    else:
-                        pre = torch.addmm(layer.bias[start:end], below.all(),
-                                          layer.weight[start:end, :below.filled].t())
-                    unit = self.activation(pre)
-                    if self.residual and number > 0:
-                        unit = unit + below.all()[:, start:end]
-                    acts.append(unit)
-                below = acts
-            if below.filled:
-                params = torch.addmm(bias_out[k], below.all(), weight_out[k, :, :below.filled].t())
-            else:
-                params = bias_out[k].expand(batch, -1)
-            x_k, log_det = step(target_sorted[:, k], params)
-            x.append(x_k[:, None])
-            total = total + log_det
-        result = x.all()
-        if not self.natural_order:
-            result = result[:, torch.argsort(index)]
-        return result, total
-
 
 def _degree_slice(degrees: Tensor, degree: int) -> tuple[int, int]:
     """``[start, end)`` of the units of ``degree`` in a sorted degree vector."""
     return int(torch.searchsorted(degrees, degree)), int(torch.searchsorted(degrees, degree, right=True))
-
-
-class _Columns:
-    """A ``(batch, width)`` tensor filled left to right, block by block.
-
-    In place (no autograd) it is a preallocated buffer; otherwise blocks are concatenated, since
-    writing into a buffer that earlier steps read would invalidate their saved tensors.
-    """
-
-    def __init__(self, like: Tensor, width: int, in_place: bool) -> None:
-        self.filled = 0
-        self.in_place = in_place
-        self.data = like.new_empty(like.shape[0], width) if in_place else like.new_empty(like.shape[0], 0)
-
-    def append(self, block: Tensor) -> None:
-        end = self.filled + block.shape[1]
-        if self.in_place:
-            self.data[:, self.filled:end] = block
-        else:
-            self.data = torch.cat([self.data, block], dim=1)
-        self.filled = end
-
-    def all(self) -> Tensor:
-        return self.data[:, :self.filled] if self.in_place else self.data

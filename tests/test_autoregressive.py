@@ -101,3 +101,36 @@ def test_float32_fast_inverse_close_to_reference() -> None:
         x_fast, _ = layer.inverse(z, context)
         x_ref, _ = layer.inverse_reference(z, context)
     torch.testing.assert_close(x_fast, x_ref, atol=1e-4, rtol=1e-4)
+
+
+def test_workspace_follows_parameter_updates_and_shapes() -> None:
+    """The gradient-free inverse caches views of the weights: after an in-place update (an
+    optimiser step), a new batch size, a context or a dtype change it must still be exact."""
+    layer = make_layer(RationalQuadraticSpline(num_bins=4), 2, "random", residual=True)
+    context = torch.randn(12, 2, dtype=torch.float64)
+    z = torch.randn(12, 6, dtype=torch.float64)
+
+    def check(z: torch.Tensor, context: torch.Tensor) -> None:
+        with torch.no_grad():
+            x_fast, log_det_fast = layer.inverse(z, context)
+        x_ref, log_det_ref = layer.inverse_reference(z, context)
+        torch.testing.assert_close(x_fast, x_ref, atol=1e-10, rtol=0)
+        torch.testing.assert_close(log_det_fast, log_det_ref, atol=1e-10, rtol=0)
+
+    check(z, context)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    x, log_det = layer(z, context)
+    (x.square().sum() + log_det.sum()).backward()
+    optimizer.step()
+    check(z, context)
+    check(z[:5], context[:5])
+    check(z, torch.randn(12, 2, dtype=torch.float64))
+    first = layer._workspace.x_rows
+    with torch.no_grad():
+        x_a, _ = layer.inverse(z, context)
+        x_b, _ = layer.inverse(z, context)
+    assert layer._workspace.x_rows is first and x_a.data_ptr() != x_b.data_ptr()  # reused, not aliased
+    layer.float()
+    with torch.no_grad():
+        x32, _ = layer.inverse(z.float(), context.float())
+    torch.testing.assert_close(x32, layer.inverse_reference(z.float(), context.float())[0], atol=1e-4, rtol=1e-4)
