@@ -121,7 +121,8 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
         flow, standardizer.transform(table.values).astype(np.float32), validation_fraction=validation_fraction,
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
         weight_decay=weight_decay, patience=patience, time_limit=time_limit, seed=seed, device=device,
-        checkpoint=str(checkpoint), resume=resume, progress=False if quiet else "auto", metrics_csv=metrics)
+        checkpoint=str(checkpoint), resume=resume, progress=False if quiet else "auto", metrics_csv=metrics,
+        resume_hint="the same `flowkit fit` command with --resume")
     if result.stopped == "interrupted":
         sys.exit(INTERRUPTED)
     flow = flow.cpu().eval()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +122,29 @@ def test_score_refuses_wrong_columns_and_corrupt_models(fitted, tmp_path: Path) 
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 1 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
     assert out.read_text() == "keep me"
+
+
+def test_interrupted_fit_keeps_checkpoint_and_resumes(tmp_path: Path) -> None:
+    model = tmp_path / "m.flowkit"
+    arguments = ["fit", "toy:two_moons", "--toy-samples", "2000", "-o", str(model), "--epochs", "40", "--patience", "1000",
+                 "--transforms", "2", "--hidden", "16", "--no-plot"]
+    process = subprocess.Popen([str(Path(sys.executable).with_name("flowkit")), *arguments],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = Path(f"{model}.ckpt")
+    deadline = time.monotonic() + 60
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "resume with the same `flowkit fit` command with --resume" in stderr and "Traceback" not in stderr
+    assert checkpoint.is_file() and not model.exists()
+    interrupted_at = torch.load(checkpoint, weights_only=True)["run"]["step"]
+    total = 40 * 8  # 1800 training rows of the 2000 drawn, in batches of 256
+    assert 0 < interrupted_at < total
+    result = run(*arguments, "-q", "--resume")
+    assert result.exit_code == 0, result.output
+    assert load_model(model)[2]["steps"] == total and not checkpoint.exists()
 
 
 def test_installed_console_script_reports_errors_without_traceback(tmp_path: Path) -> None:
