@@ -1,0 +1,65 @@
+"""End to end: reverse-KL fits of a flow to targets with known answers, through ``fit_variational``.
+
+Tolerances come from measurement (seeds 0-4 of each configuration, then a margin of 2x or
+more); the numbers measured are in the comments.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+import flowkit
+from flowkit.data.targets import CorrelatedGaussian, NealsFunnel
+from flowkit.train.variational import fit_variational
+
+
+@pytest.fixture(autouse=True)
+def single_thread() -> Iterator[None]:
+    # These fits are hundreds of tiny steps; on a busy 2-core machine one thread beats two that
+    # contend (the funnel fit below: 1.7 against 20.6 CPU seconds at load average 5.7).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_fit_recovers_a_correlated_gaussian() -> None:
+    torch.manual_seed(0)
+    target = CorrelatedGaussian(features=10, seed=0)  # variances 0.1 to 10, rotated; mean ~ N(0, I)
+    flow = flowkit.realnvp(10, transforms=4, hidden_features=32)
+    result = fit_variational(flow, target, steps=400, num_samples=256, learning_rate=1e-2, progress=False)
+    assert result.stopped == "completed" and result.steps == 400
+    samples = flow.sample(20_000).double()
+    # Measured at 400 steps over 4 seeds: mean error <= 0.044, covariance error <= 0.048,
+    # |log Z| <= 0.011, ELBO in [-0.036, -0.026], ESS fraction >= 0.91, k-hat <= 0.36.
+    assert (samples.mean(0) - target.mean).abs().max().item() < 0.1
+    covariance_error = torch.linalg.norm(torch.cov(samples.T) - target.covariance)
+    assert (covariance_error / torch.linalg.norm(target.covariance)).item() < 0.15
+    report = result.diagnostics
+    assert abs(report["log_z"] - target.log_z) < 0.05
+    # The ELBO is log Z minus KL(q || p): below log Z = 0, and close to it when q fits.
+    assert -0.15 < report["elbo"] < 0.0
+    assert report["ess_fraction"] > 0.5 and report["khat"] < 0.7
+
+
+@pytest.mark.parametrize("estimator", ["pathwise", "stl"])
+def test_fit_finds_the_width_of_the_funnel_neck(estimator: str) -> None:
+    # In 2-D an affine coupling can represent the funnel exactly (scale x_2 by e^{v/2} given v),
+    # and reverse KL recovers the neck: measured standard deviations 2.92 to 3.03 over seeds
+    # 0-4 (300 steps). In 5-D the same flow under-disperses (2.2 to 2.6, the mode-seeking of
+    # reverse KL), so the tolerance below is for the 2-D funnel only.
+    torch.manual_seed(0)
+    target = NealsFunnel(features=2)
+    flow = flowkit.realnvp(2, transforms=4, hidden_features=32)
+    result = fit_variational(flow, target, steps=300, num_samples=256, learning_rate=1e-2,
+                             estimator=estimator, progress=False, diagnostic_samples=0)
+    neck = flow.sample(20_000)[:, 0].double()
+    assert abs(neck.std().item() - 3.0) < 0.25
+    assert abs(neck.mean().item()) < 0.3
+    # The fitted neck scale really moved: at initialisation the flow is N(0, 1).
+    assert result.history[0]["train_loss"] > result.history[-1]["train_loss"]
+    assert math.isfinite(result.history[-1]["train_loss"])
