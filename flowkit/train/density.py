@@ -105,6 +105,7 @@ def fit_density(
     metrics_csv: str | os.PathLike[str] | None = None,
     tensorboard_dir: str | os.PathLike[str] | None = None,
     validation_batch_size: int | None = None,
+    checkpoint_interval: float = 60.0,
     resume_hint: str | None = None,
 ) -> FitResult:
     """Fit ``flow`` to ``data`` by maximum likelihood (minimising the mean negative log-likelihood).
@@ -142,6 +143,7 @@ def fit_density(
         metrics_csv: CSV file with one row per epoch.
         tensorboard_dir: folder for TensorBoard scalars.
         validation_batch_size: rows per chunk of validation (default ``max(batch_size, 4096)``).
+        checkpoint_interval: least seconds between two epoch-end checkpoints (stops always save).
         resume_hint: how to resume, for the message after an interruption (the CLI passes its own).
 
     Returns:
@@ -168,13 +170,15 @@ def fit_density(
     if c is not None and c.shape[0] != x.shape[0]:
         raise ValueError(f"context has {c.shape[0]} rows but data has {x.shape[0]}")
 
+    if validation_context is not None and validation_data is None:
+        raise ValueError("validation_context was given without validation_data")
     generator = torch.Generator().manual_seed(seed)
     if validation_data is not None:
         validation_x = as_rows(validation_data, dtype, "validation_data", x.shape[1])
         validation_c = None if validation_context is None else as_rows(
             validation_context, dtype, "validation_context", None if c is None else c.shape[1])
     else:
-        held_out = int(round(x.shape[0] * validation_fraction)) if x.shape[0] > 1 else 0
+        held_out = min(int(round(x.shape[0] * validation_fraction)), x.shape[0] - 1)
         order = torch.randperm(x.shape[0], generator=generator)
         validation_x = x[order[:held_out]] if held_out else None
         validation_c = c[order[:held_out]] if held_out and c is not None else None
@@ -243,7 +247,7 @@ def fit_density(
             weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps,
             clip_grad_norm=clip_grad_norm, patience=patience, time_limit=time_limit, seed=seed,
             checkpoint=checkpoint, resume=resume, progress=progress, metrics_csv=metrics_csv,
-            tensorboard_dir=tensorboard_dir,
+            tensorboard_dir=tensorboard_dir, checkpoint_interval=checkpoint_interval,
             end_reason="completed" if total_steps == natural else "max_steps",
             resume_hint=resume_hint or "resume=True (or `flowkit fit ... --resume`)",
             fingerprint={"rows": rows, "features": x.shape[1], "batch_size": batch_size,

@@ -50,6 +50,8 @@ class LoopConfig:
         max_bad_steps: consecutive non-finite steps that trigger a roll-back.
         rollback_factor: the learning rate is multiplied by this at each roll-back.
         max_rollbacks: after this many roll-backs the run stops as ``"diverged"``.
+        checkpoint_interval: seconds between checkpoints at record boundaries (the first record,
+            a stop and the end are always saved), so runs of many short epochs are not slowed.
         resume_hint: how to resume, quoted in the message after an interruption.
         fingerprint: plain values describing the run; a resume warns when they differ.
         Other attributes are the ``fit_*`` keywords of the same name.
@@ -74,6 +76,7 @@ class LoopConfig:
     max_bad_steps: int = 5
     rollback_factor: float = 0.5
     max_rollbacks: int = 5
+    checkpoint_interval: float = 60.0
     resume_hint: str = "call the fit again with resume=True"
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
@@ -165,9 +168,14 @@ def train_loop(
                 "schedule": schedule.state_dict(), "rng": rng_state(device), "run": asdict(run),
                 "best_state": best_state, "last_good": last_good, "fingerprint": config.fingerprint}
 
-    def save() -> None:
-        if writes and checkpoint_path is not None:
+    last_saved = -math.inf
+
+    def save(force: bool = True) -> None:
+        nonlocal last_saved
+        if writes and checkpoint_path is not None and (force or time.monotonic() - last_saved
+                                                       >= config.checkpoint_interval):
             save_checkpoint(checkpoint_path, state())
+            last_saved = time.monotonic()
 
     fork_devices = [device.index] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices, device_type="cuda"):
@@ -206,11 +214,16 @@ def train_loop(
                 loss.backward()
                 grad_norm = _total_norm(parameters, config.clip_grad_norm)
                 time_up = config.time_limit is not None and time.monotonic() - call_started >= config.time_limit
-                stats = torch.stack([loss.detach().to(stat_dtype), grad_norm.detach().to(stat_dtype)])
                 if distributed.enabled:  # every rank must take the same decisions
                     flags = torch.tensor([float(stop.requested), float(time_up)], dtype=stat_dtype, device=device)
-                    stats = all_reduce_sum(torch.cat([stats, flags]), distributed)
-                values = stats.tolist()  # the step's one host sync
+                    stats = torch.cat([loss.detach().to(stat_dtype)[None], grad_norm.detach().to(stat_dtype)[None],
+                                       flags])
+                    values = all_reduce_sum(stats, distributed).tolist()
+                elif device.type == "cpu":  # no device to wait for: skip building a tensor
+                    values = [float(loss.detach()), float(grad_norm)]
+                else:
+                    stats = torch.stack([loss.detach().to(stat_dtype), grad_norm.detach().to(stat_dtype)])
+                    values = stats.tolist()  # the step's one host sync
                 loss_value, norm_value = values[0] / distributed.world_size, values[1] / distributed.world_size
                 stop_requested = values[2] > 0 if distributed.enabled else stop.requested
                 time_up = values[3] > 0 if distributed.enabled else time_up
@@ -252,7 +265,7 @@ def train_loop(
                     run.stopped = "diverged"
                 if boundary or run.stopped is not None:
                     run.seconds = time.monotonic() - started
-                    save()
+                    save(force=run.stopped is not None)
             if run.stopped is None:
                 run.stopped = config.end_reason
                 save()  # a resumed, already finished run rewrites its checkpoint unchanged

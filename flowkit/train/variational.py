@@ -38,6 +38,7 @@ def fit_variational(
     diagnostic_samples: int = 4096,
     context: Tensor | None = None,
     log_every: int | None = None,
+    checkpoint_interval: float = 60.0,
     resume_hint: str | None = None,
 ) -> FitResult:
     """Fit ``flow`` (as ``q``) to ``exp(log_target)`` by minimising ``KL(q || p)``.
@@ -60,6 +61,7 @@ def fit_variational(
         diagnostic_samples: samples for the final diagnostics (0: skip them).
         context: conditioning row(s) for a conditional flow.
         log_every: steps per history record and checkpoint (default ``steps // 20``, 1 to 100).
+        checkpoint_interval: least seconds between two checkpoints (stops always save).
         resume_hint: how to resume, for the message after an interruption.
 
     Returns:
@@ -99,7 +101,8 @@ def fit_variational(
         weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps,
         clip_grad_norm=clip_grad_norm, patience=None, time_limit=time_limit, seed=seed,
         checkpoint=checkpoint, resume=resume, progress=progress, metrics_csv=metrics_csv,
-        tensorboard_dir=tensorboard_dir, resume_hint=resume_hint or "resume=True",
+        tensorboard_dir=tensorboard_dir, checkpoint_interval=checkpoint_interval,
+        resume_hint=resume_hint or "resume=True",
         fingerprint={"steps": steps, "num_samples": num_samples, "estimator": estimator,
                      "learning_rate": learning_rate, "seed": seed},
     )
