@@ -126,8 +126,8 @@ def test_score_refuses_wrong_columns_and_corrupt_models(fitted, tmp_path: Path) 
 
 def test_interrupted_fit_keeps_checkpoint_and_resumes(tmp_path: Path) -> None:
     model = tmp_path / "m.flowkit"
-    arguments = ["fit", "toy:two_moons", "--toy-samples", "2000", "-o", str(model), "--epochs", "40", "--patience", "1000",
-                 "--transforms", "2", "--hidden", "16", "--no-plot"]
+    arguments = ["fit", "toy:two_moons", "--toy-samples", "2000", "-o", str(model), "--epochs", "40",
+                 "--patience", "1000", "--transforms", "2", "--hidden", "16", "--no-plot"]
     process = subprocess.Popen([str(Path(sys.executable).with_name("flowkit")), *arguments],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoint = Path(f"{model}.ckpt")
