@@ -1,0 +1,246 @@
+"""Sampling vs density throughput of autoregressive flows: flowkit against zuko and nflows.
+
+One run times, side by side and with the same configuration, ``log_prob`` and ``sample`` of an
+MAF and an autoregressive neural spline flow (NSF-AR) in each library. Libraries are interleaved
+within every repeat, so that drift in machine load (shared CPUs) hits all of them alike; each
+figure is the median over repeats after warm-up. Peers invert a masked autoregressive layer with
+``features`` full network passes, so their sampling is timed with fewer repeats.
+
+Run from the repository root::
+
+    python benchmarks/sampling.py                   # CPU, writes benchmarks/results/sampling_cpu.*
+    python benchmarks/sampling.py --device cuda     # GPU, writes benchmarks/results/sampling_cuda.*
+    python benchmarks/sampling.py --threads 1 --tag 1thread
+
+The configuration (features 43, 5 transforms, two hidden layers of 256, 8 bins, batch 512,
+float32) can be changed with flags; see ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from a checkout, without installing
+
+from flowkit.presets import maf, nsf  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def perturb(module: torch.nn.Module, scale: float = 0.01) -> None:
+    """Move parameters off their (possibly identity) initialisation, identically in all libraries."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            noise = torch.randn(parameter.shape, generator=generator).to(parameter)
+            parameter.add_(scale * noise)
+
+
+def build_models(args: argparse.Namespace) -> dict[tuple[str, str], dict[str, Any]]:
+    """``{(library, model): {"log_prob": fn, "sample": fn}}``, every model on the device."""
+    import zuko
+    from nflows import distributions, flows, transforms
+
+    features, hidden, batch, device = args.features, args.hidden, args.batch, args.device
+    data = torch.randn(batch, features, device=device)
+    models: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def flowkit_entry(flow: torch.nn.Module) -> dict[str, Any]:
+        flow = flow.to(device).eval()
+        perturb(flow)
+        return {"log_prob": lambda: flow.log_prob(data), "sample": lambda: flow.sample(batch), "module": flow}
+
+    models["flowkit", "MAF"] = flowkit_entry(maf(features, transforms=args.transforms,
+                                                 hidden_features=[hidden, hidden]))
+    models["flowkit", "NSF-AR"] = flowkit_entry(nsf(features, transforms=args.transforms,
+                                                    hidden_features=[hidden, hidden], num_bins=args.bins,
+                                                    tail_bound=3.0))
+
+    def zuko_entry(flow: torch.nn.Module) -> dict[str, Any]:
+        flow = flow.to(device).eval()
+        perturb(flow)
+        return {"log_prob": lambda: flow().log_prob(data), "sample": lambda: flow().sample((batch,)),
+                "module": flow}
+
+    models["zuko", "MAF"] = zuko_entry(zuko.flows.MAF(features, transforms=args.transforms,
+                                                      hidden_features=(hidden, hidden)))
+    models["zuko", "NSF-AR"] = zuko_entry(zuko.flows.NSF(features, transforms=args.transforms, bins=args.bins,
+                                                         hidden_features=(hidden, hidden)))
+
+    def nflows_entry(make_layer: Callable[[], torch.nn.Module]) -> dict[str, Any]:
+        layers: list[torch.nn.Module] = []
+        for index in range(args.transforms):
+            layers.append(make_layer())
+            if index < args.transforms - 1:
+                layers.append(transforms.ReversePermutation(features))
+        flow = flows.Flow(transforms.CompositeTransform(layers), distributions.StandardNormal([features]))
+        flow = flow.to(device).eval()
+        perturb(flow)
+        return {"log_prob": lambda: flow.log_prob(data), "sample": lambda: flow.sample(batch), "module": flow}
+
+    # num_blocks=1 with feedforward blocks: an initial masked layer and one block, two hidden layers.
+    models["nflows", "MAF"] = nflows_entry(lambda: transforms.MaskedAffineAutoregressiveTransform(
+        features, hidden, num_blocks=1, use_residual_blocks=False))
+    models["nflows", "NSF-AR"] = nflows_entry(
+        lambda: transforms.MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
+            features, hidden, num_bins=args.bins, tails="linear", tail_bound=3.0, num_blocks=1,
+            use_residual_blocks=False))
+    return models
+
+
+def timed(function: Callable[[], torch.Tensor], device: str) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.no_grad():
+        function()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.manual_seed(0)
+    models = build_models(args)
+    times: dict[tuple[str, str, str], list[float]] = {}
+    # Warm-up (allocations, lazy initialisation, flowkit's sampling workspace, cuDNN/cuBLAS handles).
+    for (library, model), entry in models.items():
+        for method in ("log_prob", "sample"):
+            for _ in range(args.warmup if library == "flowkit" or method == "log_prob" else 1):
+                timed(entry[method], args.device)
+            times[library, model, method] = []
+    for repeat in range(args.repeats):
+        for (library, model), entry in models.items():  # interleaved: every library in every round
+            for method in ("log_prob", "sample"):
+                if method == "sample" and library != "flowkit" and repeat >= args.peer_sample_repeats:
+                    continue
+                times[library, model, method].append(timed(entry[method], args.device))
+    rows = []
+    for (library, model), entry in models.items():
+        log_prob = args.batch / statistics.median(times[library, model, "log_prob"])
+        sample = args.batch / statistics.median(times[library, model, "sample"])
+        rows.append({
+            "library": library, "model": model,
+            "parameters": sum(p.numel() for p in entry["module"].parameters()),
+            "log_prob_per_s": log_prob, "sample_per_s": sample, "sample_over_log_prob": sample / log_prob,
+            "repeats_log_prob": len(times[library, model, "log_prob"]),
+            "repeats_sample": len(times[library, model, "sample"]),
+            "median_ms_log_prob": 1e3 * statistics.median(times[library, model, "log_prob"]),
+            "median_ms_sample": 1e3 * statistics.median(times[library, model, "sample"]),
+        })
+    by_key = {(row["library"], row["model"]): row for row in rows}
+    for row in rows:
+        if row["library"] != "flowkit":
+            ours = by_key["flowkit", row["model"]]
+            row["flowkit_sampling_speedup"] = ours["sample_per_s"] / row["sample_per_s"]
+    return {"rows": rows}
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "zuko": version("zuko"),
+            "nflows": version("nflows")}
+
+
+def markdown(report: dict) -> str:
+    meta = report["meta"]
+    lines = [
+        f"# Sampling vs log_prob throughput ({meta['device']})",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Date: {meta['date']}; torch {meta['versions']['torch']}, zuko {meta['versions']['zuko']}, "
+        f"nflows {meta['versions']['nflows']}; threads {meta['threads']}; CPUs {meta['cpu_count']}; "
+        f"load average at start/end {meta['load_start']} / {meta['load_end']}  ",
+        f"Config: {meta['config']}",
+        "",
+        "| library | model | log_prob (samples/s) | sample (samples/s) | sample / log_prob "
+        "| flowkit sampling speed-up | repeats (log_prob / sample) |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for row in report["rows"]:
+        speedup = row.get("flowkit_sampling_speedup")
+        lines.append(
+            f"| {row['library']} | {row['model']} | {row['log_prob_per_s']:,.0f} | {row['sample_per_s']:,.0f} "
+            f"| {row['sample_over_log_prob']:.3f} | {'-' if speedup is None else f'{speedup:.1f}x'} "
+            f"| {row['repeats_log_prob']} / {row['repeats_sample']} |")
+    lines += ["", "Medians over repeats after warm-up; libraries interleaved within each repeat. "
+              "zuko's NSF uses its fixed spline bound B=5 (flowkit and nflows: B=3).", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    labels = [f"{row['library']}\n{row['model']}" for row in rows]
+    positions = range(len(rows))
+    figure, axis = plt.subplots(figsize=(8, 3.5))
+    axis.bar([p - 0.2 for p in positions], [row["log_prob_per_s"] for row in rows], 0.4, label="log_prob")
+    axis.bar([p + 0.2 for p in positions], [row["sample_per_s"] for row in rows], 0.4, label="sample")
+    axis.set_yscale("log")
+    axis.set_ylabel("samples / s")
+    axis.set_xticks(list(positions), labels, fontsize=8)
+    axis.set_title(f"Throughput, batch {report['meta']['config']['batch']}, {report['meta']['device']}")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--features", type=int, default=43)
+    parser.add_argument("--transforms", type=int, default=5)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--bins", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--peer-sample-repeats", type=int, default=3,
+                        help="repeats for the peers' (slow, D-pass) sampling")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--tag", default="", help="suffix for the result file names")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    started = time.perf_counter()
+    report = run(args)
+    report["meta"] = {
+        "command": " ".join(["python", "benchmarks/sampling.py", *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(args.device),
+        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "versions": versions(),
+        "config": {"features": args.features, "transforms": args.transforms, "hidden": [args.hidden] * 2,
+                   "bins": args.bins, "batch": args.batch, "dtype": "float32"},
+        "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()],
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = f"sampling_{args.device.split(':')[0]}{'_' + args.tag if args.tag else ''}"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(markdown(report))
+    plot(report, RESULTS / f"{stem}.png")
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
