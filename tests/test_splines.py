@@ -132,6 +132,22 @@ def test_log_det_is_log_of_autograd_derivative(inverse: bool) -> None:
     torch.testing.assert_close(log_det, derivative.log(), atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
+def test_log_det_is_log_of_autograd_derivative_on_the_knots(inverse: bool) -> None:
+    """At a knot, autograd must see the whole derivative (a clamp that splits the gradient at ties,
+    as torch.maximum does, would halve it there)."""
+    _, widths, heights, derivatives = random_problem(batch=1, features=1, scale=2.0, seed=3)
+    table = splines.knots_from_unconstrained(
+        widths[0, 0], heights[0, 0], derivatives[0, 0], TAIL_BOUND, min_derivative=MIN_DERIVATIVE
+    )
+    knots = table[splines.KNOT_Y if inverse else splines.KNOT_X].clone().requires_grad_(True)
+    expand = lambda t: t[0, 0].expand(len(knots), -1)
+    outputs, log_det = flowkit_spline(knots, expand(widths), expand(heights), expand(derivatives), inverse)
+    (derivative,) = torch.autograd.grad(outputs.sum(), knots)
+    torch.testing.assert_close(log_det, derivative.log(), atol=1e-10, rtol=1e-10)
+    assert (log_det.abs() > 1e-3).sum() >= 3, "interior knot derivatives should differ from 1"
+
+
 def test_transformer_layout_and_config() -> None:
     spline = RationalQuadraticSpline(num_bins=5, tail_bound=2.0, min_derivative=1e-4)
     assert spline.num_params == 14

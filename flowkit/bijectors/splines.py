@@ -131,13 +131,11 @@ def find_bin(knots: Tensor, values: Tensor) -> Tensor:
 
 
 def _bin_parameters(knots: Tensor, bin_index: Tensor) -> tuple[Tensor, ...]:
-    """Left and right knot x, y and derivative of each input's bin, in one gather."""
+    """Left and right knot x, y and derivative of each input's bin, in one gather:
+    ``(x0, x1, y0, y1, d0, d1)``."""
     index = torch.cat([bin_index, bin_index + 1], dim=-1).unsqueeze(-2)
     ends = knots.gather(-1, index.expand(*knots.shape[:-1], 2))
-    x0, x1 = ends[..., KNOT_X, 0], ends[..., KNOT_X, 1]
-    y0, y1 = ends[..., KNOT_Y, 0], ends[..., KNOT_Y, 1]
-    d0, d1 = ends[..., KNOT_DERIVATIVE, 0], ends[..., KNOT_DERIVATIVE, 1]
-    return x0, x1 - x0, y0, y1 - y0, d0, d1
+    return tuple(ends[..., row, side] for row in (KNOT_X, KNOT_Y, KNOT_DERIVATIVE) for side in (0, 1))
 
 
 def _denominator(theta: Tensor, slope: Tensor, d0: Tensor, d1: Tensor) -> Tensor:
@@ -172,13 +170,19 @@ def spline_forward(inputs: Tensor, knots: Tensor, tail_bound: float) -> tuple[Te
     # element, to keep shapes static) stays finite there; torch.where then discards those values,
     # and because they are finite their zero-weighted gradients are zero rather than NaN.
     x = inputs.clamp(-tail_bound, tail_bound)
-    x0, width, y0, height, d0, d1 = _bin_parameters(knots, find_bin(knots[..., KNOT_X, :], x))
+    x0, x1, y0, y1, d0, d1 = _bin_parameters(knots, find_bin(knots[..., KNOT_X, :], x))
+    width, height = x1 - x0, y1 - y0
     slope = height / width
     # Rounding in x - x0 can put theta a hair outside [0, 1] at a knot; the clamp keeps the
     # rational quadratic inside its monotone range (and theta * (1 - theta) non-negative).
     theta = ((x - x0) / width).clamp(0, 1)
     denominator = _denominator(theta, slope, d0, d1)
     outputs = y0 + height * (slope * theta.square() + d0 * theta * (1 - theta)) / denominator
+    # Near a knot, y0 + height * ratio can round one ulp past the bin's end and overtake the next
+    # bin's first value; keeping each output inside its bin keeps the map monotone across knots.
+    # (clamp, not minimum/maximum: at a tie clamp passes the whole gradient to the output, where
+    # maximum would split it between the two and halve the derivative at every knot.)
+    outputs = outputs.clamp(min=y0, max=y1)
     log_det = _log_derivative(theta, slope, d0, d1, denominator)
     return torch.where(inside, outputs, inputs), torch.where(inside, log_det, torch.zeros_like(log_det))
 
@@ -186,9 +190,16 @@ def spline_forward(inputs: Tensor, knots: Tensor, tail_bound: float) -> tuple[Te
 def spline_inverse(inputs: Tensor, knots: Tensor, tail_bound: float) -> tuple[Tensor, Tensor]:
     """Invert the spline with linear tails: ``(outputs, elementwise log|dx/dy|)``.
 
-    Inside a bin, ``theta`` solves ``a theta^2 + b theta + c = 0`` with ``c <= 0 < b`` near the
-    root, and is computed as ``2c / (-b - sqrt(b^2 - 4ac))``: the usual ``(-b + sqrt(...)) / 2a``
-    cancels catastrophically when ``a`` is small (nearly linear bins, the identity included).
+    Inside a bin, ``theta`` solves ``a theta^2 + b theta + c = 0`` with ``c <= 0``. Two rewrites
+    keep this accurate in float32 with extreme parameters:
+
+    * the discriminant ``b^2 - 4ac`` is computed as the sum of squares
+      ``h^2 [(v d0 - u d1)^2 + 4 u v s^2]`` (``u`` and ``v = 1 - u`` the relative height
+      from the bottom and the top of the bin, ``s`` its slope): as a difference it cancels to
+      0 near a knot with a small derivative, where the square root's gradient is infinite;
+    * the root is ``2c / (-b - sqrt(disc))`` where ``b >= 0`` (the usual ``(-b + sqrt(disc)) / 2a``
+      cancels when ``a`` is small, e.g. at the identity) and ``(sqrt(disc) - b) / 2a`` where
+      ``b < 0`` (there the first form cancels instead, and ``a > s > 0``).
 
     Args:
         inputs: ``(...)`` values anywhere on the real line.
@@ -206,21 +217,30 @@ def spline_inverse(inputs: Tensor, knots: Tensor, tail_bound: float) -> tuple[Te
     inside = (inputs >= -tail_bound) & (inputs <= tail_bound)
     # Same reason as in spline_forward: finite arithmetic on tail elements, discarded by where.
     y = inputs.clamp(-tail_bound, tail_bound)
-    x0, width, y0, height, d0, d1 = _bin_parameters(knots, find_bin(knots[..., KNOT_Y, :], y))
+    x0, x1, y0, y1, d0, d1 = _bin_parameters(knots, find_bin(knots[..., KNOT_Y, :], y))
+    width, height = x1 - x0, y1 - y0
     slope = height / width
-    # The bin search gives y >= y0; the clamp only guards y - y0 against rounding so that c <= 0.
-    offset = (y - y0).clamp(min=0)
-    curvature = offset * (d0 + d1 - 2 * slope)
-    a = height * (slope - d0) + curvature
-    b = height * d0 - curvature
-    c = -slope * offset
-    # The discriminant equals (2 a theta + b)^2 at the root, which is positive for a monotone
-    # spline; the clamp only removes negative rounding noise before the square root.
-    discriminant = (b.square() - 4 * a * c).clamp(min=0)
+    # Relative height from both ends of the bin, each computed directly: forming 1 - u instead
+    # would carry u's rounding error, which the coefficients below multiply by derivatives up to
+    # ~1e3 (a cancellation that cost 1e3 ulps of theta). The bin search gives y0 <= y <= y1;
+    # the clamps only remove rounding outside [0, 1].
+    u = ((y - y0) / height).clamp(0, 1)
+    v = ((y1 - y) / height).clamp(0, 1)
+    # The quadratic divided by h, each coefficient a sum without large cancelling terms:
+    # a/h = v (s - d0) + u (d1 - s), b/h = v d0 + u (2s - d1), c/h = -s u.
+    a = v * (slope - d0) + u * (d1 - slope)
+    b = v * d0 + u * (2 * slope - d1)
+    root = torch.sqrt((v * d0 - u * d1).square() + 4 * u * v * slope.square())
+    # Each branch gets a denominator that is positive even where torch.where discards it, so no
+    # Inf reaches the gradient: root > 0 always, and a > 0 wherever b < 0.
+    positive_b = b >= 0
+    theta_positive_b = 2 * slope * u / (b.clamp(min=0) + root)
+    theta_negative_b = (root - b) / (2 * torch.where(positive_b, torch.ones_like(a), a))
     # The root lies in [0, 1] in exact arithmetic; the clamp removes rounding overshoot so that
     # the output stays inside the bin and the log-derivative below is evaluated where it is valid.
-    theta = (2 * c / (-b - torch.sqrt(discriminant))).clamp(0, 1)
-    outputs = x0 + theta * width
+    theta = torch.where(positive_b, theta_positive_b, theta_negative_b).clamp(0, 1)
+    # As in spline_forward: x0 + theta * width may round past x1; stay inside the bin.
+    outputs = (x0 + theta * width).clamp(min=x0, max=x1)
     log_det = -_log_derivative(theta, slope, d0, d1, _denominator(theta, slope, d0, d1))
     return torch.where(inside, outputs, inputs), torch.where(inside, log_det, torch.zeros_like(log_det))
 
