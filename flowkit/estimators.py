@@ -82,7 +82,14 @@ def reverse_kl_loss(
     # term of the gradient survives. The detached difference restores the single-pass value
     # exactly (forward(inverse(z)) equals z only up to round-off).
     detached = {name: parameter.detach() for name, parameter in flow.named_parameters()}
-    log_q_fixed = functional_call(flow, detached, (x,), {"context": context})
+    # Evaluation mode, so the forward pass is the map the inverse pass just sampled through: no
+    # data-dependent initialisation (ActNorm) and no batch statistics of the samples.
+    was_training = flow.training
+    flow.eval()
+    try:
+        log_q_fixed = functional_call(flow, detached, (x,), {"context": context})
+    finally:
+        flow.train(was_training)
     log_q_value = log_q_fixed + (log_q - log_q_fixed).detach()
     return (log_q_value - log_p).mean()
 

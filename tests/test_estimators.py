@@ -162,3 +162,19 @@ def test_bad_arguments_fail_clearly() -> None:
         reverse_kl_loss(flow, gaussian_log_target(MEAN, STD), 0)
     with pytest.raises(ValueError, match=r"shape \(8,\)"):
         reverse_kl_loss(flow, lambda x: x.sum(), 8)
+
+
+def test_stl_has_no_side_effects_on_data_dependent_layers() -> None:
+    # ActNorm initialises itself on its first forward in training mode; the STL re-evaluation is a
+    # forward pass, but it must not initialise it from q's own samples (pathwise never would).
+    flow = flowkit.realnvp(3, transforms=2, hidden_features=8, actnorm=True).double().train()
+    perturb(flow, seed=4)
+    state = {name: value.clone() for name, value in flow.state_dict().items()}
+    torch.manual_seed(0)
+    pathwise = reverse_kl_loss(flow, banana_log_target, 32, "pathwise")
+    torch.manual_seed(0)
+    stl = reverse_kl_loss(flow, banana_log_target, 32, "stl")
+    assert flow.training
+    for name, value in flow.state_dict().items():
+        assert torch.equal(value, state[name]), name
+    assert stl.item() == pytest.approx(pathwise.item(), abs=1e-12)
