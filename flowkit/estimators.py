@@ -16,7 +16,8 @@ is estimated the same way by every estimator here; they differ only in the gradi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -82,14 +83,8 @@ def reverse_kl_loss(
     # term of the gradient survives. The detached difference restores the single-pass value
     # exactly (forward(inverse(z)) equals z only up to round-off).
     detached = {name: parameter.detach() for name, parameter in flow.named_parameters()}
-    # Evaluation mode, so the forward pass is the map the inverse pass just sampled through: no
-    # data-dependent initialisation (ActNorm) and no batch statistics of the samples.
-    was_training = flow.training
-    flow.eval()
-    try:
+    with _evaluation_mode(flow):
         log_q_fixed = functional_call(flow, detached, (x,), {"context": context})
-    finally:
-        flow.train(was_training)
     log_q_value = log_q_fixed + (log_q - log_q_fixed).detach()
     return (log_q_value - log_p).mean()
 
@@ -97,7 +92,8 @@ def reverse_kl_loss(
 def _score_function(flow: Flow, log_target: LogTarget, num_samples: int, context: Tensor | None) -> Tensor:
     """REINFORCE: ``grad = E[(log q - log p - baseline) grad log q]`` on samples without a path."""
     x = flow.sample(num_samples, context)
-    log_q = flow.log_prob(x, context)
+    with _evaluation_mode(flow):
+        log_q = flow.log_prob(x, context)
     log_p = _evaluate(log_target, x, context, num_samples)
     value = log_q.detach() - log_p
     signal = value.detach()
@@ -110,6 +106,19 @@ def _score_function(flow: Flow, log_target: LogTarget, num_samples: int, context
     surrogate = ((signal - baseline) * log_q).mean()
     # Report the KL estimate as the value; take the gradient from the surrogate.
     return value.mean() + (surrogate - surrogate.detach())
+
+
+@contextlib.contextmanager
+def _evaluation_mode(flow: Flow) -> Iterator[None]:
+    """Score sampled points with the map they were sampled through: a forward pass in training
+    mode would initialise ActNorm from q's own samples or use batch statistics."""
+    modes = [(module, module.training) for module in flow.modules()]  # restored one by one
+    flow.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def _evaluate(log_target: LogTarget, x: Tensor, context: Tensor | None, num_samples: int) -> Tensor:
