@@ -10,6 +10,7 @@ from flowkit.bijectors.autoregressive import MaskedAutoregressive
 from flowkit.bijectors.base import Inverse
 from flowkit.bijectors.transformers import Affine, RationalQuadraticSpline, Transformer
 from flowkit.nn import MADE
+from flowkit.presets import build
 from tests.cases import perturb
 
 TRANSFORMERS = {"affine": Affine, "spline": lambda: RationalQuadraticSpline(num_bins=5, tail_bound=3.0)}
@@ -134,3 +135,29 @@ def test_workspace_follows_parameter_updates_and_shapes() -> None:
     with torch.no_grad():
         x32, _ = layer.inverse(z.float(), context.float())
     torch.testing.assert_close(x32, layer.inverse_reference(z.float(), context.float())[0], atol=1e-4, rtol=1e-4)
+
+
+def test_inference_mode_then_no_grad() -> None:
+    """A workspace built under inference_mode must not be written outside it."""
+    layer = make_layer(Affine(), 0, "random", residual=False)
+    z = torch.randn(8, 6, dtype=torch.float64)
+    with torch.inference_mode():
+        x_inference, _ = layer.inverse(z)
+    with torch.no_grad():
+        x_no_grad, _ = layer.inverse(z)
+    torch.testing.assert_close(x_inference, x_no_grad, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["maf", "iaf", "nsf", "nsf_coupling"])
+def test_presets_rebuild_from_config_and_score_their_samples(name: str) -> None:
+    torch.manual_seed(0)
+    flow = build(name, features=3, context_features=2, transforms=2, hidden_features=[12, 12],
+                 permutation="random", seed=4).double()
+    perturb(flow.bijector, scale=0.2)
+    twin = build(**flow.config).double()
+    twin.load_state_dict(flow.state_dict())
+    context = torch.randn(6, 2, dtype=torch.float64)
+    x, log_q = flow.rsample_and_log_prob(6, context)
+    torch.testing.assert_close(twin.log_prob(x, context), log_q, atol=1e-9, rtol=0)
+    (x.square().sum() + log_q.sum()).backward()  # pathwise gradients reach the conditioners
+    assert all(p.grad is not None for p in flow.parameters())

@@ -191,7 +191,9 @@ class _Workspace:
     @staticmethod
     def key(made: MADE, like: Tensor, context: Tensor | None) -> tuple:
         storage = tuple(parameter.data_ptr() for parameter in made.parameters())
-        return like.shape[0], like.dtype, like.device, context is not None, storage
+        # Tensors made under inference_mode may not be written outside it: rebuild on a switch.
+        mode = torch.is_inference_mode_enabled()
+        return like.shape[0], like.dtype, like.device, context is not None, mode, storage
 
     def _step(self, k: int, weight_out: Tensor, bias_out: Tensor) -> tuple:
         made, operations = self.made, []
