@@ -106,6 +106,7 @@ def fit_density(
     tensorboard_dir: str | os.PathLike[str] | None = None,
     validation_batch_size: int | None = None,
     checkpoint_interval: float = 60.0,
+    compile: bool = False,
     resume_hint: str | None = None,
 ) -> FitResult:
     """Fit ``flow`` to ``data`` by maximum likelihood (minimising the mean negative log-likelihood).
@@ -144,6 +145,8 @@ def fit_density(
         tensorboard_dir: folder for TensorBoard scalars.
         validation_batch_size: rows per chunk of validation (default ``max(batch_size, 4096)``).
         checkpoint_interval: least seconds between two epoch-end checkpoints (stops always save).
+        compile: train through ``torch.compile`` of the flow's ``log_prob`` (worth it on GPU for
+            long runs; compiling takes tens of seconds). Validation runs uncompiled.
         resume_hint: how to resume, for the message after an interruption (the CLI passes its own).
 
     Returns:
@@ -194,6 +197,8 @@ def fit_density(
     try:
         flow.to(target)
         trainer = dist_tools.wrap(flow, context_dist, target)
+        if compile:
+            trainer = torch.compile(trainer)
         rows = x.shape[0]
         batch_size = min(batch_size, rows)
         steps_per_epoch = math.ceil(rows / batch_size)
