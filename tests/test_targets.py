@@ -64,6 +64,10 @@ def test_correlated_gaussian_from_a_covariance_integrates_to_one() -> None:
     assert not torch.equal(CorrelatedGaussian(3, seed=1).covariance, CorrelatedGaussian(3, seed=2).covariance)
     with pytest.raises(ValueError, match="positive definite"):
         CorrelatedGaussian(covariance=torch.tensor([[1.0, 2.0], [2.0, 1.0]]))
+    with pytest.raises(ValueError, match="symmetric"):
+        CorrelatedGaussian(covariance=torch.tensor([[1.0, 0.5], [0.4, 1.0]]))
+    with pytest.raises(ValueError, match="features=3 but"):
+        CorrelatedGaussian(features=3, mean=torch.zeros(2))
 
 
 def test_funnel_matches_scipy_and_its_sampler() -> None:

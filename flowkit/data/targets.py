@@ -89,7 +89,9 @@ class CorrelatedGaussian(Target):
                  covariance: Tensor | None = None, seed: int = 0) -> None:
         super().__init__()
         given = covariance if covariance is not None else mean
-        self.features = int(given.shape[0]) if given is not None else (features or 2)
+        self.features = int(given.shape[0]) if given is not None else (2 if features is None else features)
+        if self.features < 1:
+            raise ValueError(f"features must be positive, got {self.features}")
         if features is not None and features != self.features:
             raise ValueError(f"features={features} but the mean/covariance have {self.features}")
         generator = torch.Generator().manual_seed(seed)
@@ -99,7 +101,8 @@ class CorrelatedGaussian(Target):
             variances = torch.logspace(-1, 1, self.features, dtype=torch.float64)
             covariance = rotation @ torch.diag(variances) @ rotation.T
         covariance = torch.as_tensor(covariance, dtype=torch.float64)
-        covariance = 0.5 * (covariance + covariance.T)
+        if not torch.allclose(covariance, covariance.T):
+            raise ValueError("covariance must be symmetric")
         mean = torch.randn(self.features, generator=generator, dtype=torch.float64) if mean is None else mean
         mean = torch.as_tensor(mean, dtype=torch.float64)
         if covariance.shape != (self.features, self.features) or mean.shape != (self.features,):
