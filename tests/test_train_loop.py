@@ -81,7 +81,10 @@ def test_consecutive_bad_steps_roll_back_with_a_lower_learning_rate(capsys: pyte
     assert _equal(recorder.before[14], recorder.before[10])
     assert result.history[-1]["learning_rate"] == pytest.approx(0.005)
     assert result.stopped == "completed"
-    assert "rolled back to the weights of step 10" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "step 12: non-finite loss or gradient; step skipped" in err
+    assert "rolled back to the weights of step 10" in err
+    assert "3 non-finite steps were skipped, 1 roll-backs" in err
 
 
 def test_a_loss_that_stays_non_finite_stops_as_diverged() -> None:

@@ -62,6 +62,8 @@ def setup(device: torch.device) -> DistributedContext:
     if not context.enabled or dist.is_initialized():
         return context
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # nccl binds each process to the current device
     dist.init_process_group(backend=backend, world_size=context.world_size, rank=context.rank)
     return DistributedContext(context.world_size, context.rank, context.local_rank, owns_group=True)
 
@@ -81,7 +83,10 @@ def resolve_device(device: str | torch.device, context: DistributedContext | Non
         return torch.device("cpu")
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+        context = context or detect()
+        # under torchrun each process takes its own GPU; alone, the current one
+        index = context.local_rank % torch.cuda.device_count() if context.enabled else torch.cuda.current_device()
+        device = torch.device("cuda", index)
     return device
 
 

@@ -236,6 +236,9 @@ def train_loop(
                     optimizer.zero_grad(set_to_none=True)
                     run.skipped_steps += 1
                     run.consecutive_bad += 1
+                    if run.skipped_steps == 1:
+                        progress.message(f"step {step + 1}: non-finite loss or gradient; step skipped, "
+                                         "weights unchanged (further skips are counted in skipped_steps)")
                     if run.consecutive_bad >= config.max_bad_steps:
                         _roll_back(model, optimizer, schedule, last_good, run, config, progress)
                 run.samples += samples
@@ -271,6 +274,8 @@ def train_loop(
                 save()  # a resumed, already finished run rewrites its checkpoint unchanged
             if run.stopped == "interrupted" and writes:
                 _report_interrupt(stop.signal_name, run.step, checkpoint_path, config.resume_hint, progress)
+            if run.skipped_steps:
+                progress.message(f"{run.skipped_steps} non-finite steps were skipped, {run.rollbacks} roll-backs")
             if run.stopped == "diverged":
                 progress.message(f"stopped at step {run.step}: the loss stayed non-finite after "
                                  f"{run.rollbacks} roll-backs")
