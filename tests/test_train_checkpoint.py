@@ -173,3 +173,13 @@ def test_a_signalled_fit_saves_and_exits_cleanly(tmp_path: Path, signal_number: 
     steps = int(out.split()[-1])
     assert load_checkpoint(checkpoint)["run"]["step"] == steps
     assert "Traceback" not in err
+
+
+def test_resuming_into_another_architecture_is_a_clear_error(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "fit.pt"
+    data = torch.randn(64, 2)
+    fit_density(_flow(), data, epochs=1, batch_size=32, checkpoint=checkpoint, progress=False)
+    torch.manual_seed(0)
+    wider = flowkit.realnvp(features=2, transforms=2, hidden_features=16, actnorm=True)
+    with pytest.raises(ValueError, match="written for another model"):
+        fit_density(wider, data, epochs=1, batch_size=32, checkpoint=checkpoint, resume=True, progress=False)

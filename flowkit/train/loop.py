@@ -183,7 +183,10 @@ def train_loop(
         model.train()
         if loaded is not None:
             _warn_if_changed(loaded.get("fingerprint", {}), config.fingerprint, checkpoint_path, writes)
-            model.load_state_dict(loaded["model"])
+            try:
+                model.load_state_dict(loaded["model"])
+            except RuntimeError as error:
+                raise ValueError(f"checkpoint {checkpoint_path} was written for another model: {error}") from None
             optimizer.load_state_dict(loaded["optimizer"])
             schedule.load_state_dict(loaded["schedule"])
             set_rng_state(loaded["rng"], device)
@@ -249,9 +252,8 @@ def train_loop(
                 if boundary or time_up:
                     record_seconds = time.monotonic() - record_started
                     run.seconds = time.monotonic() - started
-                    record = _close_record(run, validate, model, rate, norm_value, record_seconds, config)
-                    if record["validation_loss"] is not None and record["validation_loss"] == run.best_loss \
-                            and run.best_step == run.step:
+                    record, improved = _close_record(run, validate, rate, norm_value, record_seconds, config)
+                    if improved:
                         best_state = _copy_model(model)
                     if _is_good(record):
                         last_good = {"model": _copy_model(model),
@@ -298,19 +300,21 @@ def train_loop(
 def _close_record(
     run: _Run,
     validate: Callable[[], float] | None,
-    model: nn.Module,
     rate: float,
     grad_norm: float,
     seconds: float,
     config: LoopConfig,
-) -> dict[str, Any]:
-    """End a record: validate, update the best and patience counters, append to the history."""
+) -> tuple[dict[str, Any], bool]:
+    """End a record: validate, update the best and patience counters, append to the history.
+
+    Returns the record and whether the validation loss improved on the best so far.
+    """
     validation = float(validate()) if validate is not None else None
-    if validation is not None:
-        if math.isfinite(validation) and validation < run.best_loss:
-            run.best_loss, run.best_step, run.bad_records = validation, run.step, 0
-        else:
-            run.bad_records += 1
+    improved = validation is not None and math.isfinite(validation) and validation < run.best_loss
+    if improved:
+        run.best_loss, run.best_step, run.bad_records = validation, run.step, 0
+    elif validation is not None:
+        run.bad_records += 1
     record = {
         "step": run.step,
         "epoch": math.ceil(run.step / config.steps_per_record),
@@ -324,7 +328,7 @@ def _close_record(
     }
     run.history.append(record)
     run.loss_sum, run.loss_count, run.samples = 0.0, 0, 0
-    return record
+    return record, improved
 
 
 def _is_good(record: dict[str, Any]) -> bool:
