@@ -183,3 +183,16 @@ def test_resuming_into_another_architecture_is_a_clear_error(tmp_path: Path) -> 
     wider = flowkit.realnvp(features=2, transforms=2, hidden_features=16, actnorm=True)
     with pytest.raises(ValueError, match="written for another model"):
         fit_density(wider, data, epochs=1, batch_size=32, checkpoint=checkpoint, resume=True, progress=False)
+
+
+def test_a_fit_outside_the_main_thread_installs_no_handlers() -> None:
+    import threading
+
+    handler = signal.getsignal(signal.SIGTERM)
+    results = []
+    thread = threading.Thread(target=lambda: results.append(
+        fit_density(_flow(), torch.randn(64, 2), epochs=2, batch_size=32, progress=False)))
+    thread.start()
+    thread.join(timeout=60)
+    assert results and results[0].stopped == "completed"
+    assert signal.getsignal(signal.SIGTERM) is handler
