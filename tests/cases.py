@@ -25,7 +25,11 @@ from flowkit.bijectors import (
     Permutation,
 )
 from flowkit.bijectors.autoregressive import MaskedAutoregressive
+from flowkit.bijectors.elementwise import Logit, Sigmoid, Softplus
+from flowkit.bijectors.linear import LULinear
+from flowkit.bijectors.normalization import BatchNorm
 from flowkit.bijectors.transformers import RationalQuadraticSpline
+from flowkit.distributions import DiagGaussian
 from flowkit.presets import iaf, maf, nsf, nsf_coupling
 
 
@@ -105,6 +109,24 @@ BIJECTOR_CASES: list[Case] = [
     Case("iaf-context",
          lambda: Inverse(MaskedAutoregressive(Affine(), 3, context_features=2, hidden_features=[8, 8],
                                               order="random", seed=5)), 3, context_features=2),
+    # Linear, normalisation and elementwise layers (splines, LU, batch norm, fixed maps).
+    Case("lu-linear", lambda: LULinear(4, seed=1), 4, identity_at_init=False),
+    Case("lu-linear-no-permutation-no-bias", lambda: LULinear(3, permute=False, bias=False), 3),
+    # eps=1e-9: the init map is x / sqrt(1 + eps), within the identity test's 1e-6 only for small eps.
+    Case("batchnorm", lambda: BatchNorm(3, eps=1e-9), 3),
+    Case("chain-spline-lu-batchnorm-context",
+         lambda: Chain([Coupling(RationalQuadraticSpline(num_bins=4, tail_bound=2.5), 3, context_features=2,
+                                 hidden_features=8), LULinear(3, seed=2), BatchNorm(3)]),
+         3, context_features=2, identity_at_init=False,
+         sample_input=lambda batch, features: 2.5 * standard_normal(batch, features)),
+    Case("sigmoid", lambda: Sigmoid(), 3, identity_at_init=False, has_parameters=False,
+         sample_input=lambda batch, features: 3 * standard_normal(batch, features)),
+    Case("logit", lambda: Logit(), 3, identity_at_init=False, has_parameters=False,
+         sample_input=lambda batch, features: 0.01 + 0.98 * torch.rand(batch, features, dtype=torch.float64)),
+    Case("logit-alpha", lambda: Logit(alpha=0.05), 2, identity_at_init=False, has_parameters=False,
+         sample_input=lambda batch, features: torch.rand(batch, features, dtype=torch.float64)),
+    Case("softplus", lambda: Softplus(), 3, identity_at_init=False, has_parameters=False,
+         sample_input=lambda batch, features: torch.exp(2 * standard_normal(batch, features))),
 ]
 
 # 2-D flows whose density must integrate to one; each builder takes context_features.
@@ -116,6 +138,11 @@ FLOW_CASES: dict[str, Callable[[], flowkit.Flow]] = {
     "iaf": lambda: iaf(2, transforms=3, hidden_features=16),
     "nsf": lambda: nsf(2, transforms=2, hidden_features=16, num_bins=5),
     "nsf-coupling": lambda: nsf_coupling(2, transforms=2, hidden_features=16, num_bins=5),
+    "spline-coupling-lu-batchnorm": lambda: flowkit.Flow(DiagGaussian(2), Chain([
+        Coupling(RationalQuadraticSpline(num_bins=5, tail_bound=3.0), 2, hidden_features=16),
+        LULinear(2, seed=0), BatchNorm(2),
+        Coupling(RationalQuadraticSpline(num_bins=5, tail_bound=3.0), 2, hidden_features=16),
+        LULinear(2, seed=1)])),
 }
 
 
