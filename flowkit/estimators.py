@@ -9,9 +9,10 @@ is estimated the same way by every estimator here; they differ only in the gradi
 - ``"stl"``: *sticking the landing* (Roeder, Wu and Duvenaud, 2017). The same pathwise samples,
   but ``log q`` is evaluated with the flow's parameters detached, which drops the score term
   ``E_q[grad log q] = 0``. Unbiased, and its variance goes to zero as ``q`` approaches ``p``.
+  Costs one extra density (forward) pass, which is the sequential direction of an IAF.
 - ``"score"``: the score-function (REINFORCE) estimator with a leave-one-out baseline. Needs no
   gradient through the samples or the target; kept for comparison and for targets that are not
-  differentiable. Much noisier.
+  differentiable. Much noisier, and also needs a sampling and a density pass.
 """
 
 from __future__ import annotations
