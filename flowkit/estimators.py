@@ -4,8 +4,8 @@ The loss is ``KL(q || p) - log Z = E_q[log q(x) - log_target(x)]`` (the negative
 is estimated the same way by every estimator here; they differ only in the gradient they give:
 
 - ``"pathwise"``: samples ``x = f^{-1}(loc + scale * eps)`` are differentiable functions of the
-  parameters (the reparameterization trick), so the gradient flows through the samples. Lowest
-  variance of the three for most problems and the default.
+  parameters (the reparameterization trick), so the gradient flows through the samples. The
+  default: one inverse pass, far less variance than the score function.
 - ``"stl"``: *sticking the landing* (Roeder, Wu and Duvenaud, 2017). The same pathwise samples,
   but ``log q`` is evaluated with the flow's parameters detached, which drops the score term
   ``E_q[grad log q] = 0``. Unbiased, and its variance goes to zero as ``q`` approaches ``p``.
