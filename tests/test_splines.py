@@ -170,3 +170,16 @@ def test_transformer_layout_and_config() -> None:
 def test_invalid_configuration_is_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         RationalQuadraticSpline(**kwargs)
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
+def test_traces_as_one_graph(inverse: bool) -> None:
+    """No data-dependent shapes or Python branching on values: torch.compile captures the whole
+    spline in one graph (fullgraph=True raises on any graph break)."""
+    spline = RationalQuadraticSpline(NUM_BINS, TAIL_BOUND)
+    method = spline.inverse if inverse else spline.forward
+    compiled = torch.compile(method, backend="eager", fullgraph=True)
+    x = 2.5 * torch.randn(64, 3)
+    params = torch.randn(64, 3, spline.num_params)
+    for got, want in zip(compiled(x, params), method(x, params)):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
