@@ -14,6 +14,7 @@ import torch
 
 import flowkit
 import flowkit.presets as presets
+from flowkit.bijectors import Chain
 from flowkit.data.targets import CorrelatedGaussian, NealsFunnel
 from flowkit.train.variational import fit_variational
 
@@ -66,3 +67,26 @@ def test_fit_finds_the_width_of_the_funnel_neck(estimator: str) -> None:
     # The fitted neck scale really moved: at initialisation the flow is N(0, 1).
     assert result.history[0]["train_loss"] > result.history[-1]["train_loss"]
     assert math.isfinite(result.history[-1]["train_loss"])
+
+
+def test_stl_and_score_function_stick_the_landing_where_pathwise_jitters() -> None:
+    # q = a trainable diagonal Gaussian, p a diagonal Gaussian: q can equal p exactly. There the
+    # STL gradient is zero per sample, and so is the score function's (log q - log p is constant,
+    # so it equals its leave-one-out baseline), while the pathwise gradient keeps its zero-mean
+    # score term. Measured (seeds 0, 1; 300 steps): parameter error 1e-5 to 4e-5 for STL and
+    # score function, 0.008 to 0.023 for pathwise.
+    mean, scale = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.5, 2.0, 1.0])
+
+    def log_target(x: torch.Tensor) -> torch.Tensor:
+        return torch.distributions.Normal(mean, scale).log_prob(x).sum(-1)
+
+    errors = {}
+    for estimator in ("pathwise", "stl", "score"):
+        torch.manual_seed(0)
+        flow = flowkit.Flow(flowkit.DiagGaussian(3, trainable=True), Chain([]))
+        fit_variational(flow, log_target, steps=300, num_samples=64, learning_rate=5e-2,
+                        estimator=estimator, progress=False, diagnostic_samples=0)
+        errors[estimator] = max((flow.base.loc - mean).abs().max().item(),
+                                (flow.base.scale - scale).abs().max().item())
+    assert errors["stl"] < 1e-3 and errors["score"] < 1e-3, errors
+    assert errors["pathwise"] > 10 * max(errors["stl"], errors["score"]), errors
