@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import flowkit
-from flowkit.bijectors import Chain
+from flowkit.bijectors import ActNorm, Affine, BatchNorm, Chain, Coupling, Permutation
 from flowkit.estimators import ESTIMATORS, reverse_kl_loss
 from tests.cases import perturb
 
@@ -164,18 +164,44 @@ def test_bad_arguments_fail_clearly() -> None:
         reverse_kl_loss(flow, lambda x: x.sum(), 8)
 
 
-def test_stl_has_no_side_effects_on_data_dependent_layers() -> None:
-    # ActNorm initialises itself on its first forward in training mode; STL and score-function
-    # estimates make a forward pass, but must not initialise it from q's own samples.
-    flow = flowkit.realnvp(3, transforms=2, hidden_features=8, actnorm=True).double().train()
+def flow_with_data_dependent_layers() -> flowkit.Flow:
+    """ActNorm (initialised by its first training forward) and BatchNorm (batch statistics and
+    running updates in a training forward; running statistics in the inverse), in training mode."""
+    layers = [ActNorm(3), Coupling(Affine(), 3, hidden_features=8), Permutation.reverse(3),
+              BatchNorm(3), Coupling(Affine(), 3, hidden_features=8)]
+    flow = flowkit.Flow(flowkit.DiagGaussian(3), Chain(layers)).double().train()
     perturb(flow, seed=4)
+    return flow
+
+
+def test_stl_and_score_have_no_side_effects_on_data_dependent_layers() -> None:
+    # STL and score-function estimates make a forward pass; in training mode it would initialise
+    # ActNorm from q's own samples and move BatchNorm's running statistics. They must not, and
+    # they must score the samples with the map they were drawn through (the value agrees).
+    flow = flow_with_data_dependent_layers()
     state = {name: value.clone() for name, value in flow.state_dict().items()}
     torch.manual_seed(0)
     pathwise = reverse_kl_loss(flow, banana_log_target, 32, "pathwise")
     for estimator in ("stl", "score"):
         torch.manual_seed(0)
         value = reverse_kl_loss(flow, banana_log_target, 32, estimator)
-        assert flow.training
+        assert all(module.training for module in flow.modules())
         for name, tensor in flow.state_dict().items():
             assert torch.equal(tensor, state[name]), (estimator, name)
         assert value.item() == pytest.approx(pathwise.item(), abs=1e-9)
+
+
+def test_stl_drops_exactly_the_score_term_with_data_dependent_layers() -> None:
+    flow = flow_with_data_dependent_layers()
+    parameters = list(flow.parameters())
+    gradients = {}
+    for estimator in ("pathwise", "stl"):
+        torch.manual_seed(5)
+        gradients[estimator] = torch.autograd.grad(
+            reverse_kl_loss(flow, banana_log_target, 32, estimator), parameters)
+    torch.manual_seed(5)
+    x = flow.sample(32)
+    flow.eval()  # the density of the map the samples were drawn through
+    score_term = torch.autograd.grad(flow.log_prob(x).mean(), parameters)
+    for path, stl, score in zip(gradients["pathwise"], gradients["stl"], score_term):
+        torch.testing.assert_close(path - stl, score, atol=1e-9, rtol=1e-7)
