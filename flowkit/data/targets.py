@@ -48,6 +48,7 @@ class Target(nn.Module):
             raise ValueError(f"expected x of shape (n, {self.features}), got {tuple(x.shape)}")
         return self.log_prob(x)
 
+    # Moments and samples are float64 CPU tensors wherever the target's constants live.
     @property
     def mean(self) -> Tensor | None:
         return None
@@ -57,7 +58,7 @@ class Target(nn.Module):
         return None
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        """Exact samples, float64 ``(num_samples, features)``, where the target has a sampler."""
+        """Exact samples, float64 ``(num_samples, features)`` on the CPU, where there is a sampler."""
         raise NotImplementedError(f"{type(self).__name__} has no exact sampler")
 
     def _randn(self, num_samples: int, generator: torch.Generator | None) -> Tensor:
@@ -123,14 +124,14 @@ class CorrelatedGaussian(Target):
 
     @property
     def mean(self) -> Tensor:
-        return self.loc
+        return self.loc.cpu().double()
 
     @property
     def covariance(self) -> Tensor:
-        return self.covariance_matrix
+        return self.covariance_matrix.cpu().double()
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        return self.loc + self._randn(num_samples, generator) @ self.cholesky.T
+        return self.mean + self._randn(num_samples, generator) @ self.cholesky.cpu().double().T
 
 
 class NealsFunnel(Target):
@@ -271,18 +272,24 @@ class GaussianMixture(Target):
 
     @property
     def mean(self) -> Tensor:
-        return (self.weights / self.weights.sum()) @ self.means
+        weights, means, _ = self._cpu()
+        return (weights / weights.sum()) @ means
 
     @property
     def covariance(self) -> Tensor:
-        probabilities = self.weights / self.weights.sum()
-        second_moment = torch.einsum("k,ki,kj->ij", probabilities, self.means, self.means) \
-            + torch.diag(probabilities @ self.scales.square())
+        weights, means, scales = self._cpu()
+        probabilities = weights / weights.sum()
+        second_moment = torch.einsum("k,ki,kj->ij", probabilities, means, means) \
+            + torch.diag(probabilities @ scales.square())
         return second_moment - torch.outer(self.mean, self.mean)
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        index = torch.multinomial(self.weights, num_samples, replacement=True, generator=generator)
-        return self.means[index] + self.scales[index] * self._randn(num_samples, generator)
+        weights, means, scales = self._cpu()
+        index = torch.multinomial(weights, num_samples, replacement=True, generator=generator)
+        return means[index] + scales[index] * self._randn(num_samples, generator)
+
+    def _cpu(self) -> tuple[Tensor, Tensor, Tensor]:
+        return tuple(tensor.cpu().double() for tensor in (self.weights, self.means, self.scales))
 
 
 class RezendeEnergy(Target):
