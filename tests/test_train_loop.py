@@ -141,3 +141,9 @@ def test_gradient_clipping_bounds_the_update() -> None:
     assert result.history[0]["grad_norm"] > 1e3  # the norm is reported before clipping
     # the gradient the optimiser saw (left in .grad after the last step) was scaled to the bound
     assert model.weight.grad.norm().item() == pytest.approx(1e-3, rel=1e-4)
+    config.clip_grad_norm = None
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    result = train_loop(model, lambda step: ((model(x) - 5000.0).square().mean(), 8), config)
+    assert model.weight.grad.norm().item() == pytest.approx(result.history[0]["grad_norm"], rel=1e-6)
+    assert model.weight.grad.norm().item() == pytest.approx(2 * 5000.0 * 1000.0, rel=1e-6)

@@ -105,11 +105,8 @@ def _copy_model(model: nn.Module) -> dict[str, Tensor]:
 
 
 def _total_norm(parameters: list[nn.Parameter], max_norm: float | None) -> Tensor:
-    """Gradient norm, clipping to ``max_norm`` when given (non-finite norms are left to the caller)."""
-    if max_norm:
-        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-    gradients = [p.grad for p in parameters if p.grad is not None]
-    return torch.nn.utils.get_total_norm(gradients)
+    """Gradient norm, clipped to ``max_norm`` when given (non-finite norms are left to the caller)."""
+    return torch.nn.utils.clip_grad_norm_(parameters, max_norm or math.inf)
 
 
 def train_loop(
@@ -150,151 +147,208 @@ def train_loop(
         >>> result.stopped, len(result.history), round(model.weight.item(), 1)
         ('completed', 3, 3.0)
     """
-    distributed = distributed or DistributedContext()
-    device = device or torch.device("cpu")
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(parameters, config.learning_rate, config.weight_decay)
-    schedule = Schedule(optimizer, config.learning_rate, config.total_steps, config.schedule, config.warmup_steps)
-    run = _Run()
-    checkpoint_path = None if config.checkpoint is None else Path(config.checkpoint)
-    loaded = None
-    if config.resume and checkpoint_path is not None and checkpoint_path.exists():
-        loaded = load_checkpoint(checkpoint_path, map_location=device)
-    stat_dtype = torch.float64 if device.type in ("cpu", "cuda") else torch.float32
-    writes = distributed.is_main
+    loop = _Loop(model, compute_loss, config, validate, device or torch.device("cpu"),
+                 distributed or DistributedContext())
+    return loop.run(initialize, stream)
 
-    def state() -> dict[str, Any]:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "rng": rng_state(device), "run": asdict(run),
-                "best_state": best_state, "last_good": last_good, "fingerprint": config.fingerprint}
 
-    last_saved = -math.inf
+class _Loop:
+    """The state of one ``train_loop`` call and the steps that change it."""
 
-    def save(force: bool = True) -> None:
-        nonlocal last_saved
-        if writes and checkpoint_path is not None and (force or time.monotonic() - last_saved
-                                                       >= config.checkpoint_interval):
-            save_checkpoint(checkpoint_path, state())
-            last_saved = time.monotonic()
+    def __init__(
+        self,
+        model: nn.Module,
+        compute_loss: ComputeLoss,
+        config: LoopConfig,
+        validate: Callable[[], float] | None,
+        device: torch.device,
+        distributed: DistributedContext,
+    ) -> None:
+        self.model, self.compute_loss, self.config, self.validate = model, compute_loss, config, validate
+        self.device, self.distributed = device, distributed
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.parameters, config.learning_rate, config.weight_decay)
+        self.schedule = Schedule(self.optimizer, config.learning_rate, config.total_steps, config.schedule,
+                                 config.warmup_steps)
+        self.run_state = _Run()
+        self.best_state: dict[str, Tensor] | None = None
+        self.last_good: dict[str, Any] = {}
+        self.path = None if config.checkpoint is None else Path(config.checkpoint)
+        self.writes = distributed.is_main  # only rank 0 writes files and reports
+        self.stat_dtype = torch.float64 if device.type in ("cpu", "cuda") else torch.float32
+        self.last_saved = -math.inf
 
-    fork_devices = [device.index] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices, device_type="cuda"):
-        torch.manual_seed(config.seed)
-        model.train()
-        if loaded is not None:
-            _warn_if_changed(loaded.get("fingerprint", {}), config.fingerprint, checkpoint_path, writes)
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "rng": rng_state(self.device),
+                "run": asdict(self.run_state), "best_state": self.best_state, "last_good": self.last_good,
+                "fingerprint": self.config.fingerprint}
+
+    def save(self, force: bool = True) -> None:
+        due = force or time.monotonic() - self.last_saved >= self.config.checkpoint_interval
+        if self.writes and self.path is not None and due:
+            save_checkpoint(self.path, self.state())
+            self.last_saved = time.monotonic()
+
+    def start(self, initialize: Callable[[], None] | None) -> None:
+        """Continue from the checkpoint when resuming, else initialise a fresh run."""
+        self.model.train()
+        if self.config.resume and self.path is not None and self.path.exists():
+            loaded = load_checkpoint(self.path, map_location=self.device)
+            _warn_if_changed(loaded.get("fingerprint", {}), self.config.fingerprint, self.path, self.writes)
             try:
-                model.load_state_dict(loaded["model"])
+                self.model.load_state_dict(loaded["model"])
             except RuntimeError as error:
-                raise ValueError(f"checkpoint {checkpoint_path} was written for another model: {error}") from None
-            optimizer.load_state_dict(loaded["optimizer"])
-            schedule.load_state_dict(loaded["schedule"])
-            set_rng_state(loaded["rng"], device)
-            run = _Run(**loaded["run"])
-            best_state, last_good = loaded["best_state"], loaded["last_good"]
-        else:
-            if initialize is not None:
-                initialize()
-            best_state = None
-            last_good = {"model": _copy_model(model), "optimizer": copy.deepcopy(optimizer.state_dict()),
-                         "step": 0}
-        if run.stopped in ("early_stopping", "diverged"):
-            pass  # a finished run stays finished; it is reported again below
-        else:
-            run.stopped = None
+                raise ValueError(f"checkpoint {self.path} was written for another model: {error}") from None
+            self.optimizer.load_state_dict(loaded["optimizer"])
+            self.schedule.load_state_dict(loaded["schedule"])
+            set_rng_state(loaded["rng"], self.device)
+            self.run_state = _Run(**loaded["run"])
+            self.best_state, self.last_good = loaded["best_state"], loaded["last_good"]
+            if self.run_state.stopped not in ("early_stopping", "diverged"):  # those stay finished
+                self.run_state.stopped = None
+            return
+        if initialize is not None:
+            initialize()
+        self.last_good = self.snapshot()
 
-        progress = Progress(config.total_steps, config.progress, config.metrics_csv, config.tensorboard_dir,
-                            initial_step=run.step, history=run.history, enabled=writes, stream=stream)
-        started = time.monotonic() - run.seconds  # for the history: seconds summed over resumes
-        call_started = time.monotonic()  # for the time limit, which applies to this call
-        record_started, record_seconds = time.monotonic(), 0.0
-        with StopRequest() as stop, progress:
-            while run.stopped is None and run.step < config.total_steps:
-                step = run.step
-                rate = schedule.apply(step)
-                loss, samples = compute_loss(step)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = _total_norm(parameters, config.clip_grad_norm)
-                time_up = config.time_limit is not None and time.monotonic() - call_started >= config.time_limit
-                if distributed.enabled:  # every rank must take the same decisions
-                    flags = torch.tensor([float(stop.requested), float(time_up)], dtype=stat_dtype, device=device)
-                    stats = torch.cat([loss.detach().to(stat_dtype)[None], grad_norm.detach().to(stat_dtype)[None],
-                                       flags])
-                    values = all_reduce_sum(stats, distributed).tolist()
-                elif device.type == "cpu":  # no device to wait for: skip building a tensor
-                    values = [float(loss.detach()), float(grad_norm)]
-                else:
-                    stats = torch.stack([loss.detach().to(stat_dtype), grad_norm.detach().to(stat_dtype)])
-                    values = stats.tolist()  # the step's one host sync
-                loss_value, norm_value = values[0] / distributed.world_size, values[1] / distributed.world_size
-                stop_requested = values[2] > 0 if distributed.enabled else stop.requested
-                time_up = values[3] > 0 if distributed.enabled else time_up
-                if math.isfinite(loss_value) and math.isfinite(norm_value):
-                    optimizer.step()
-                    run.loss_sum += loss_value
-                    run.loss_count += 1
-                    run.consecutive_bad = 0
-                else:
-                    optimizer.zero_grad(set_to_none=True)
-                    run.skipped_steps += 1
-                    run.consecutive_bad += 1
-                    if run.skipped_steps == 1:
-                        progress.message(f"step {step + 1}: non-finite loss or gradient; step skipped, "
-                                         "weights unchanged (further skips are counted in skipped_steps)")
-                    if run.consecutive_bad >= config.max_bad_steps:
-                        _roll_back(model, optimizer, schedule, last_good, run, config, progress)
-                run.samples += samples
-                run.step += 1
-                progress.update(run.step, loss_value)
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of the weights and optimiser state to roll back to."""
+        return {"model": _copy_model(self.model), "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "step": self.run_state.step}
 
-                boundary = run.step % config.steps_per_record == 0 or run.step == config.total_steps
-                if boundary or time_up:
-                    record_seconds = time.monotonic() - record_started
-                    run.seconds = time.monotonic() - started
-                    record, improved = _close_record(run, validate, rate, norm_value, record_seconds, config)
-                    if improved:
-                        best_state = _copy_model(model)
-                    if _is_good(record):
-                        last_good = {"model": _copy_model(model),
-                                     "optimizer": copy.deepcopy(optimizer.state_dict()), "step": run.step}
-                    progress.record(record)
-                    record_started = time.monotonic()
-                    if config.patience is not None and validate is not None and run.bad_records >= config.patience:
-                        run.stopped = "early_stopping"
-                if stop_requested:
-                    run.stopped = "interrupted"
-                elif time_up and run.stopped is None:
-                    run.stopped = "time_limit"
-                elif run.rollbacks > config.max_rollbacks:
-                    run.stopped = "diverged"
-                if boundary or run.stopped is not None:
-                    run.seconds = time.monotonic() - started
-                    save(force=run.stopped is not None)
-            if run.stopped is None:
-                run.stopped = config.end_reason
-                save()  # a resumed, already finished run rewrites its checkpoint unchanged
-            if run.stopped == "interrupted" and writes:
-                _report_interrupt(stop.signal_name, run.step, checkpoint_path, config.resume_hint, progress)
-            if run.skipped_steps:
-                progress.message(f"{run.skipped_steps} non-finite steps were skipped, {run.rollbacks} roll-backs")
-            if run.stopped == "diverged":
-                progress.message(f"stopped at step {run.step}: the loss stayed non-finite after "
-                                 f"{run.rollbacks} roll-backs")
-        if best_state is not None and validate is not None:
-            model.load_state_dict(best_state)
-    return FitResult(
-        history=run.history,
-        best_validation_loss=None if run.best_step is None else run.best_loss,
-        best_step=run.best_step,
-        steps=run.step,
-        stopped=run.stopped,
-        skipped_steps=run.skipped_steps,
-        rollbacks=run.rollbacks,
-        seconds=run.seconds,
-        checkpoint=None if checkpoint_path is None else str(checkpoint_path),
-        device=str(device),
-    )
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self, initialize: Callable[[], None] | None, stream: Any) -> FitResult:
+        config, run = self.config, None
+        fork_devices = [self.device.index] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=fork_devices, device_type="cuda"):
+            torch.manual_seed(config.seed)  # overridden by the checkpoint's state on resume
+            self.start(initialize)
+            run = self.run_state
+            progress = Progress(config.total_steps, config.progress, config.metrics_csv, config.tensorboard_dir,
+                                initial_step=run.step, history=run.history, enabled=self.writes, stream=stream)
+            started = time.monotonic() - run.seconds  # history seconds add up over resumes
+            call_started = record_started = time.monotonic()  # the time limit is per call
+            with StopRequest() as stop, progress:
+                while run.stopped is None and run.step < config.total_steps:
+                    rate, loss_value, norm_value, stop_requested, time_up = self.step(stop, call_started)
+                    if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+                        self.skip(progress)
+                    progress.update(run.step, loss_value)
+                    boundary = run.step % config.steps_per_record == 0 or run.step == config.total_steps
+                    if boundary or time_up:
+                        run.seconds = time.monotonic() - started
+                        self.close_record(rate, norm_value, time.monotonic() - record_started, progress)
+                        record_started = time.monotonic()
+                    if stop_requested:
+                        run.stopped = "interrupted"
+                    elif time_up and run.stopped is None:
+                        run.stopped = "time_limit"
+                    elif run.rollbacks > config.max_rollbacks:
+                        run.stopped = "diverged"
+                    if boundary or run.stopped is not None:
+                        run.seconds = time.monotonic() - started
+                        self.save(force=run.stopped is not None)
+                if run.stopped is None:
+                    run.stopped = config.end_reason
+                    self.save()
+                self.report_end(stop.signal_name, progress)
+            if self.best_state is not None and self.validate is not None:
+                self.model.load_state_dict(self.best_state)
+        return FitResult(
+            history=run.history, best_validation_loss=None if run.best_step is None else run.best_loss,
+            best_step=run.best_step, steps=run.step, stopped=run.stopped, skipped_steps=run.skipped_steps,
+            rollbacks=run.rollbacks, seconds=run.seconds, checkpoint=None if self.path is None else str(self.path),
+            device=str(self.device),
+        )
+
+    def step(self, stop: StopRequest, call_started: float) -> tuple[float, float, float, bool, bool]:
+        """One optimiser step, applied only if its loss and gradient are finite.
+
+        Returns the learning rate, the loss and gradient norm (of the global batch), and whether
+        any rank was asked to stop or ran out of time (all ranks then agree).
+        """
+        run, distributed, config = self.run_state, self.distributed, self.config
+        rate = self.schedule.apply(run.step)
+        loss, samples = self.compute_loss(run.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = _total_norm(self.parameters, config.clip_grad_norm)
+        stop_requested = stop.requested  # read after the work, so a signal during it counts now
+        time_up = config.time_limit is not None and time.monotonic() - call_started >= config.time_limit
+        if distributed.enabled:  # one all-reduce carries the loss, the norm and both flags
+            values = all_reduce_sum(torch.stack([
+                loss.detach().to(self.stat_dtype), grad_norm.detach().to(self.stat_dtype),
+                torch.tensor(float(stop_requested), dtype=self.stat_dtype, device=self.device),
+                torch.tensor(float(time_up), dtype=self.stat_dtype, device=self.device),
+            ]), distributed).tolist()
+            stop_requested, time_up = values[2] > 0, values[3] > 0
+        elif self.device.type == "cpu":  # no device to wait for: skip building a tensor
+            values = [float(loss.detach()), float(grad_norm)]
+        else:  # the step's one host sync
+            values = torch.stack([loss.detach().to(self.stat_dtype), grad_norm.detach().to(self.stat_dtype)]).tolist()
+        loss_value, norm_value = values[0] / distributed.world_size, values[1] / distributed.world_size
+        if math.isfinite(loss_value) and math.isfinite(norm_value):
+            self.optimizer.step()
+            run.loss_sum += loss_value
+            run.loss_count += 1
+            run.consecutive_bad = 0
+        run.samples += samples
+        run.step += 1
+        return rate, loss_value, norm_value, stop_requested, time_up
+
+    def skip(self, progress: Progress) -> None:
+        """Count a non-finite step (its gradient is dropped); roll back after too many in a row."""
+        run = self.run_state
+        self.optimizer.zero_grad(set_to_none=True)
+        run.skipped_steps += 1
+        run.consecutive_bad += 1
+        if run.skipped_steps == 1:
+            progress.message(f"step {run.step}: non-finite loss or gradient; step skipped, weights unchanged "
+                             "(further skips are counted in skipped_steps)")
+        if run.consecutive_bad < self.config.max_bad_steps:
+            return
+        self.model.load_state_dict(self.last_good["model"])
+        # load_state_dict may keep the given tensors as live state: hand it a copy
+        self.optimizer.load_state_dict(copy.deepcopy(self.last_good["optimizer"]))
+        self.schedule.scale *= self.config.rollback_factor
+        run.rollbacks += 1
+        progress.message(
+            f"{run.consecutive_bad} consecutive non-finite steps at step {run.step}: rolled back to the "
+            f"weights of step {self.last_good['step']}, learning rate now x{self.schedule.scale:g}"
+        )
+        run.consecutive_bad = 0
+
+    def close_record(self, rate: float, grad_norm: float, seconds: float, progress: Progress) -> None:
+        """End a record: validate, keep the best and last good weights, log, check patience."""
+        run, config = self.run_state, self.config
+        record, improved = _close_record(run, self.validate, rate, grad_norm, seconds, config)
+        if improved:
+            self.best_state = _copy_model(self.model)
+        if _is_good(record):
+            self.last_good = self.snapshot()
+        progress.record(record)
+        if config.patience is not None and self.validate is not None and run.bad_records >= config.patience:
+            run.stopped = "early_stopping"
+
+    def report_end(self, signal_name: str | None, progress: Progress) -> None:
+        run = self.run_state
+        if run.stopped == "interrupted":
+            reason = f"interrupted by {signal_name}" if signal_name else "interrupted"
+            if self.path is None:
+                progress.message(f"{reason} at step {run.step}; no checkpoint was requested, so this run "
+                                 "cannot be resumed")
+            else:
+                progress.message(f"{reason} at step {run.step}; checkpoint saved to {self.path}; resume with "
+                                 f"{self.config.resume_hint}")
+        if run.skipped_steps:
+            progress.message(f"{run.skipped_steps} non-finite steps were skipped, {run.rollbacks} roll-backs")
+        if run.stopped == "diverged":
+            progress.message(f"stopped at step {run.step}: the loss stayed non-finite after "
+                             f"{run.rollbacks} roll-backs")
 
 
 def _close_record(
@@ -335,39 +389,6 @@ def _is_good(record: dict[str, Any]) -> bool:
     """Whether the weights after this record are a safe place to roll back to."""
     losses = [record["train_loss"], record["validation_loss"]]
     return record["train_loss"] is not None and all(v is None or math.isfinite(v) for v in losses)
-
-
-def _roll_back(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: Schedule,
-    last_good: dict[str, Any],
-    run: _Run,
-    config: LoopConfig,
-    progress: Progress,
-) -> None:
-    """Return to the last good weights and optimiser state with a lower learning rate."""
-    model.load_state_dict(last_good["model"])
-    # load_state_dict may keep the given tensors as live state: hand it a copy
-    optimizer.load_state_dict(copy.deepcopy(last_good["optimizer"]))
-    schedule.scale *= config.rollback_factor
-    run.rollbacks += 1
-    progress.message(
-        f"{run.consecutive_bad} consecutive non-finite steps at step {run.step}: rolled back to the "
-        f"weights of step {last_good['step']}, learning rate now x{schedule.scale:g}"
-    )
-    run.consecutive_bad = 0
-
-
-def _report_interrupt(
-    signal_name: str | None, step: int, checkpoint: Path | None, resume_hint: str, progress: Progress
-) -> None:
-    reason = f"interrupted by {signal_name}" if signal_name else "interrupted"
-    if checkpoint is None:
-        text = f"{reason} at step {step}; no checkpoint was requested, so this run cannot be resumed"
-    else:
-        text = f"{reason} at step {step}; checkpoint saved to {checkpoint}; resume with {resume_hint}"
-    progress.message(text)
 
 
 def _warn_if_changed(saved: dict[str, Any], current: dict[str, Any], path: Path | None, writes: bool) -> None:
