@@ -137,6 +137,11 @@ def test_bad_inputs_get_clear_errors() -> None:
         fit_density(_flow(), torch.randn(10, 3), progress=False)
     with pytest.raises(ValueError, match="NaN or Inf"):
         fit_density(_flow(), torch.tensor([[0.0, 1.0], [float("nan"), 0.0]]), progress=False)
+    with pytest.raises(ValueError, match="conditional: pass context with 1 columns"):
+        fit_density(flowkit.realnvp(features=2, context_features=1, transforms=1), torch.randn(10, 2),
+                    progress=False)
+    with pytest.raises(ValueError, match="takes no context"):
+        fit_density(_flow(), torch.randn(10, 2), context=torch.randn(10, 1), progress=False)
     with pytest.raises(ValueError, match="context has 3 rows"):
         fit_density(flowkit.realnvp(features=2, context_features=1, transforms=1), torch.randn(10, 2),
                     context=torch.randn(3, 1), progress=False)

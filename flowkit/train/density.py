@@ -170,6 +170,10 @@ def fit_density(
     context_features = getattr(flow, "context_features", None) or None
     x = as_rows(data, dtype, "data", features)
     c = None if context is None else as_rows(context, dtype, "context", context_features)
+    if context_features and c is None:
+        raise ValueError(f"this flow is conditional: pass context with {context_features} columns")
+    if c is not None and not context_features:
+        raise ValueError("this flow takes no context, but a context was given")
     if c is not None and c.shape[0] != x.shape[0]:
         raise ValueError(f"context has {c.shape[0]} rows but data has {x.shape[0]}")
 
