@@ -67,8 +67,12 @@ def parse_hidden(text: str) -> int | list[int]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="flowkit")
-def main() -> None:
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads for torch [default: torch's choice]. Small models run fastest on 1.")
+def main(threads: int | None) -> None:
     """Normalizing flows for tabular data: fit a density, then sample, score and plot it."""
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 @main.command()

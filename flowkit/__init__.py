@@ -3,7 +3,11 @@
 from flowkit import bijectors
 from flowkit.distributions import DiagGaussian
 from flowkit.flow import Flow
-from flowkit.presets import build, realnvp
+from flowkit.presets import build, iaf, maf, nsf, nsf_coupling, realnvp
+from flowkit.train import FitResult, fit_density, fit_variational
 
-__all__ = ["DiagGaussian", "Flow", "bijectors", "build", "realnvp"]
+__all__ = [
+    "DiagGaussian", "FitResult", "Flow", "bijectors", "build", "fit_density", "fit_variational", "iaf", "maf",
+    "nsf", "nsf_coupling", "realnvp",
+]
 __version__ = "0.1.0"

@@ -128,7 +128,7 @@ def test_interrupted_fit_keeps_checkpoint_and_resumes(tmp_path: Path) -> None:
     model = tmp_path / "m.flowkit"
     arguments = ["fit", "toy:two_moons", "--toy-samples", "2000", "-o", str(model), "--epochs", "40",
                  "--patience", "1000", "--transforms", "2", "--hidden", "16", "--no-plot"]
-    process = subprocess.Popen([str(Path(sys.executable).with_name("flowkit")), *arguments],
+    process = subprocess.Popen([str(Path(sys.executable).with_name("flowkit")), "--threads", "1", *arguments],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoint = Path(f"{model}.ckpt")
     deadline = time.monotonic() + 60

@@ -1,10 +1,14 @@
 """Bijectors: the contract, structures, transformers and simple layers."""
 
+from flowkit.bijectors.autoregressive import MaskedAutoregressive
 from flowkit.bijectors.base import Bijector, Chain, Inverse
 from flowkit.bijectors.coupling import Coupling
-from flowkit.bijectors.linear import Permutation
-from flowkit.bijectors.normalization import ActNorm
-from flowkit.bijectors.transformers import Additive, Affine, Transformer
+from flowkit.bijectors.elementwise import Logit, Sigmoid, Softplus
+from flowkit.bijectors.linear import LULinear, Permutation
+from flowkit.bijectors.normalization import ActNorm, BatchNorm
+from flowkit.bijectors.transformers import Additive, Affine, RationalQuadraticSpline, Transformer
 
-__all__ = ["ActNorm", "Additive", "Affine", "Bijector", "Chain", "Coupling", "Inverse",
-           "Permutation", "Transformer"]
+__all__ = [
+    "ActNorm", "Additive", "Affine", "BatchNorm", "Bijector", "Chain", "Coupling", "Inverse", "LULinear", "Logit",
+    "MaskedAutoregressive", "Permutation", "RationalQuadraticSpline", "Sigmoid", "Softplus", "Transformer",
+]
