@@ -152,3 +152,17 @@ def test_bf16_is_ignored_with_a_warning_on_cpu() -> None:
         result = fit_density(_flow(), torch.randn(64, 2), epochs=1, batch_size=32, bf16=True,
                              device="cpu", progress=False)
     assert result.device == "cpu"
+
+
+def test_data_dependent_init_leaves_batchnorm_statistics_alone() -> None:
+    from flowkit.bijectors import ActNorm, Affine, BatchNorm, Chain, Coupling
+
+    torch.manual_seed(0)
+    flow = flowkit.Flow(flowkit.DiagGaussian(2), Chain([BatchNorm(2, momentum=0.1), ActNorm(2),
+                                                        Coupling(Affine(), 2, hidden_features=4)]))
+    data = torch.randn(64, 2) * 3.0 + torch.tensor([5.0, -2.0])
+    fit_density(flow, data, epochs=1, batch_size=64, validation_fraction=0.0, progress=False)
+    batchnorm, actnorm = flow.bijector[0], flow.bijector[1]
+    # one training step, so the running mean moved once: momentum * batch mean (not twice)
+    torch.testing.assert_close(batchnorm.running_mean, 0.1 * data.mean(0))
+    assert bool(actnorm.initialized)

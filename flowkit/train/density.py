@@ -229,12 +229,21 @@ def fit_density(
             return loss.float() if bf16 else loss, len(indices)
 
         def initialize() -> None:
-            # Data-dependent layers (ActNorm) initialise on the first global batch, identically
-            # on every rank, exactly as a one-process run does on its first step.
-            first = _epoch_order(rows, seed, 0)[:batch_size]
-            xb, cb = batches.take(first)
+            # Data-dependent layers (ActNorm: an ``initialized`` buffer still False) initialise on
+            # the first global batch, identically on every rank, exactly as a one-process run
+            # does on its first step. Other buffers (BatchNorm's running statistics) are put back,
+            # so this extra forward pass leaves no other trace.
+            buffers = dict(flow.named_buffers())
+            pending = [name for name, value in buffers.items()
+                       if name.split(".")[-1] == "initialized" and not bool(value)]
+            if not pending:
+                return
+            saved = {name: value.clone() for name, value in buffers.items() if name not in pending}
+            xb, cb = batches.take(_epoch_order(rows, seed, 0)[:batch_size])
             with torch.no_grad():
                 flow(xb, cb)
+                for name, value in saved.items():
+                    buffers[name].copy_(value)
 
         validate = None
         if validation_x is not None:
