@@ -184,3 +184,15 @@ def test_presets_with_lu_and_batch_norm_invert(name: str) -> None:
     x_back, inverse_log_det = flow.bijector.inverse(z, context)
     torch.testing.assert_close(x_back, x, atol=1e-9, rtol=0)
     torch.testing.assert_close(inverse_log_det, -log_det, atol=1e-9, rtol=0)
+
+
+def test_frozen_layer_takes_the_workspace_path_with_grad_enabled() -> None:
+    layer = make_layer(Affine(), 2, "random", residual=False).requires_grad_(False)
+    z, context = torch.randn(8, 6, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
+    x, _ = layer.inverse(z, context)  # grad mode on, but nothing needs a gradient
+    assert layer._workspace is not None
+    torch.testing.assert_close(x, layer.inverse_reference(z, context)[0], atol=1e-10, rtol=0)
+    z.requires_grad_(True)
+    x, log_det = layer.inverse(z, context)  # now the input needs one: the differentiable path
+    (x.sum() + log_det.sum()).backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0

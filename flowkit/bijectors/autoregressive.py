@@ -77,10 +77,15 @@ class MaskedAutoregressive(Bijector):
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Sequential inverse computing every MADE unit once (see :func:`solve`).
 
-        Without gradients (sampling) it reuses a workspace of buffers and precomputed weight
-        views, rebuilt only when the batch size, dtype, device or parameter storage changes.
+        When no gradient is needed (sampling, or a frozen model) it reuses a workspace of
+        buffers and precomputed weight views, rebuilt only when the batch size, dtype, device or
+        parameter storage changes.
         """
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and (
+            z.requires_grad
+            or (context is not None and context.requires_grad)
+            or any(parameter.requires_grad for parameter in self.made.parameters())
+        ):
             return solve(self.made, z, self.transformer.inverse, context)
         key = _Workspace.key(self.made, z, context)
         if self._workspace is None or self._workspace.key_ != key:
