@@ -20,15 +20,6 @@ from flowkit.train import fit_density, fit_variational, load_checkpoint, save_ch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks on a shared 2-core machine: one thread avoids spinning against other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _flow(seed: int = 0) -> flowkit.Flow:
     torch.manual_seed(seed)
     return flowkit.realnvp(features=2, transforms=2, hidden_features=8, actnorm=True)

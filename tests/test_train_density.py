@@ -12,15 +12,6 @@ import flowkit
 from flowkit.train import fit_density
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks on a shared 2-core machine: one thread avoids spinning against other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _flow(seed: int = 0, **kwargs) -> flowkit.Flow:
     torch.manual_seed(seed)
     options = {"transforms": 2, "hidden_features": 8} | kwargs

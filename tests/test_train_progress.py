@@ -14,15 +14,6 @@ from flowkit.train import fit_density
 from flowkit.train.progress import COLUMNS, Progress
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks on a shared 2-core machine: one thread avoids spinning against other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _fit(**options) -> flowkit.train.FitResult:
     torch.manual_seed(0)
     flow = flowkit.realnvp(features=2, transforms=1, hidden_features=8)

@@ -19,15 +19,6 @@ def log_target(x: torch.Tensor) -> torch.Tensor:
     return -0.5 * ((x - LOC) / SCALE).square().sum(-1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks on a shared 2-core machine: one thread avoids spinning against other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("estimator", ["pathwise", "stl"])
 def test_reverse_kl_recovers_a_gaussian_target(estimator: str, capsys: pytest.CaptureFixture) -> None:
     torch.manual_seed(0)

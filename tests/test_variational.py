@@ -7,7 +7,6 @@ more); the numbers measured are in the comments.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -17,16 +16,6 @@ import flowkit.presets as presets
 from flowkit.bijectors import Chain
 from flowkit.data.targets import CorrelatedGaussian, NealsFunnel
 from flowkit.train.variational import fit_variational
-
-
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    # These fits are hundreds of tiny steps; on a busy 2-core machine one thread beats two that
-    # contend (the funnel fit below: 1.7 against 20.6 CPU seconds at load average 5.7).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("preset, transforms", [("realnvp", 4), ("iaf", 2)])
