@@ -34,7 +34,8 @@ class ModelFileError(ValueError):
 def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "wb") -> None:
     """Write through ``write(handle)`` into a temporary file beside ``path``, then rename it over
     ``path``: readers see the old file or the new one, never half of one, and a failure leaves
-    the old file untouched."""
+    the old file untouched. The data is fsynced before the rename, and the folder after it, so
+    a crash cannot leave a renamed but empty file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -47,6 +48,21 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "wb"
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable; not possible on every platform, so best effort."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def save_table(path: str | Path, values: np.ndarray, columns: list[str]) -> None:

@@ -9,11 +9,11 @@ can read it and a checkpoint file can never execute code.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
+
+from flowkit.io import atomic_write
 
 FORMAT_VERSION = 1
 
@@ -32,20 +32,7 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
         >>> load_checkpoint(path)["step"]
         3
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save({"format_version": FORMAT_VERSION, **state}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
+    atomic_write(path, lambda handle: torch.save({"format_version": FORMAT_VERSION, **state}, handle))
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by ``save_checkpoint``; never unpickles arbitrary objects.
@@ -78,16 +65,3 @@ def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable; not possible on every platform, so best effort."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
