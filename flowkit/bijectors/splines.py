@@ -68,7 +68,10 @@ def _knot_table(
     spline arithmetic itself, so their number matters.
     """
     num_bins = unnormalized_sizes.shape[-1]
-    floor = unnormalized_sizes.new_tensor([[min_bin_width], [min_bin_height]])
+    # Small constants are made with fills on the parameters' device, not from Python lists: a
+    # list becomes a blocking host-to-device copy on GPU, and cannot be captured in a CUDA graph.
+    floor = unnormalized_sizes.new_full((2, 1), min_bin_width)
+    floor[1] = min_bin_height
     sizes = floor + (1.0 - floor * num_bins) * _softmax(unnormalized_sizes)
     interior_xy = 2.0 * tail_bound * torch.cumsum(sizes, dim=-1)[..., :-1] - tail_bound
     interior_derivatives = min_derivative + F.softplus(unnormalized_derivatives + derivative_offset(min_derivative))
@@ -76,9 +79,11 @@ def _knot_table(
     # The end knots are written exactly (not taken from the cumsum, whose last entry is 1 only up
     # to rounding) so that inputs at +/-B land on the spline's own end points, and the end
     # derivatives are exactly 1 so that the spline meets the identity tails with a C1 join.
-    left = interior.new_tensor([[-tail_bound], [-tail_bound], [1.0]]).expand(*interior.shape[:-1], 1)
-    right = interior.new_tensor([[tail_bound], [tail_bound], [1.0]]).expand(*interior.shape[:-1], 1)
-    return torch.cat([left, interior, right], dim=-1)
+    ends = interior.new_full((2, 3, 1), tail_bound)
+    ends[0] = -tail_bound
+    ends[:, KNOT_DERIVATIVE] = 1.0
+    shape = (*interior.shape[:-1], 1)
+    return torch.cat([ends[0].expand(shape), interior, ends[1].expand(shape)], dim=-1)
 
 
 def knots_from_unconstrained(
