@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from flowkit.bijectors.autoregressive import MaskedAutoregressive
 from flowkit.bijectors.base import Bijector, Chain, Inverse
 from flowkit.bijectors.coupling import Coupling
-from flowkit.bijectors.linear import Permutation
-from flowkit.bijectors.normalization import ActNorm
+from flowkit.bijectors.linear import LULinear, Permutation
+from flowkit.bijectors.normalization import ActNorm, BatchNorm
 from flowkit.bijectors.transformers import Additive, Affine, RationalQuadraticSpline, Transformer
 from flowkit.distributions import DiagGaussian
 from flowkit.flow import Flow
@@ -48,35 +48,28 @@ def make_permutation(kind: str, features: int, seed: int) -> Bijector:
     if kind == "random":
         return Permutation.random(features, seed=seed)
     if kind == "lu":
-        from flowkit.bijectors.linear import LULinear
-
         return LULinear(features, seed=seed)
     raise ValueError(f"unknown permutation {kind!r}; choose reverse, random or lu")
-
-
-def _batch_norm(features: int) -> Bijector:
-    from flowkit.bijectors.normalization import BatchNorm
-
-    return BatchNorm(features)
 
 
 def _stack(
     features: int,
     context_features: int,
     transforms: int,
-    make_layer: Callable[[int], Bijector],
+    make_layer: Callable[[int], list[Bijector]],
     permutation: str,
     seed: int,
     batch_norm: bool,
 ) -> Flow:
-    """``transforms`` layers with a mixing layer (and optionally BatchNorm) between them."""
+    """``transforms`` blocks from ``make_layer(index)``, with a mixing layer (and optionally
+    BatchNorm) between consecutive blocks, all in one flat chain."""
     layers: list[Bijector] = []
     for index in range(transforms):
-        layers.append(make_layer(index))
+        layers.extend(make_layer(index))
         if index < transforms - 1:
             layers.append(make_permutation(permutation, features, seed + index))
             if batch_norm:
-                layers.append(_batch_norm(features))
+                layers.append(BatchNorm(features))
     return Flow(DiagGaussian(features), Chain(layers), context_features=context_features)
 
 
@@ -99,16 +92,14 @@ def realnvp(
         >>> flow.sample(4, context=torch.ones(1)).shape
         torch.Size([4, 3])
     """
-    layers: list[Bijector] = []
-    for index in range(transforms):
-        if actnorm:
-            layers.append(ActNorm(features))
-        transformer = Additive() if additive else Affine()
-        layers.append(Coupling(transformer, features, context_features=context_features,
-                               hidden_features=hidden_features))
-        if index < transforms - 1:
-            layers.append(make_permutation(permutation, features, seed + index))
-    return Flow(DiagGaussian(features), Chain(layers), context_features=context_features)
+    transformer = Additive() if additive else Affine()
+
+    def block(index: int) -> list[Bijector]:
+        coupling = Coupling(transformer, features, context_features=context_features,
+                            hidden_features=hidden_features)
+        return [ActNorm(features), coupling] if actnorm else [coupling]
+
+    return _stack(features, context_features, transforms, block, permutation, seed, batch_norm=False)
 
 
 def _autoregressive(transformer: Transformer, features: int, context_features: int,
@@ -137,8 +128,8 @@ def maf(
         torch.Size([4, 3])
     """
     return _stack(features, context_features, transforms,
-                  lambda index: _autoregressive(Affine(), features, context_features,
-                                                hidden_features, residual),
+                  lambda index: [_autoregressive(Affine(), features, context_features,
+                                                 hidden_features, residual)],
                   permutation, seed, batch_norm)
 
 
@@ -164,8 +155,8 @@ def iaf(
         (torch.Size([4, 3]), torch.Size([4]))
     """
     return _stack(features, context_features, transforms,
-                  lambda index: Inverse(_autoregressive(Affine(), features, context_features,
-                                                        hidden_features, residual)),
+                  lambda index: [Inverse(_autoregressive(Affine(), features, context_features,
+                                                         hidden_features, residual))],
                   permutation, seed, batch_norm)
 
 
@@ -191,8 +182,8 @@ def nsf(
         torch.Size([2])
     """
     return _stack(features, context_features, transforms,
-                  lambda index: _autoregressive(RationalQuadraticSpline(num_bins, tail_bound), features,
-                                                context_features, hidden_features, residual),
+                  lambda index: [_autoregressive(RationalQuadraticSpline(num_bins, tail_bound), features,
+                                                 context_features, hidden_features, residual)],
                   permutation, seed, batch_norm)
 
 
@@ -217,6 +208,6 @@ def nsf_coupling(
         torch.Size([3, 4])
     """
     return _stack(features, context_features, transforms,
-                  lambda index: Coupling(RationalQuadraticSpline(num_bins, tail_bound), features,
-                                         context_features=context_features, hidden_features=hidden_features),
+                  lambda index: [Coupling(RationalQuadraticSpline(num_bins, tail_bound), features,
+                                          context_features=context_features, hidden_features=hidden_features)],
                   permutation, seed, batch_norm)

@@ -43,10 +43,10 @@ class Permutation(Bijector):
         return cls(torch.randperm(features, generator=generator))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return x[:, self.permutation], zero_log_det(x)
+        return x.index_select(1, self.permutation), zero_log_det(x)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return z[:, self.inverse_permutation], zero_log_det(z)
+        return z.index_select(1, self.inverse_permutation), zero_log_det(z)
 
 
 class LULinear(Bijector):
