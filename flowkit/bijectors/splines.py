@@ -173,20 +173,30 @@ def _bin_parameters(knots: Tensor, bin_index: Tensor) -> tuple[Tensor, ...]:
 def _clamp_rounding(value: Tensor, low: Tensor | float, high: Tensor | float) -> Tensor:
     """Clamp a value that can leave ``[low, high]`` only by rounding, keeping the gradient of the
     unclamped expression. A plain clamp has zero gradient outside its range, so an overshoot of
-    one ulp at a knot or at the bound would silently zero the derivative there."""
+    one ulp at a knot or at the bound would silently zero the derivative there. Without autograd
+    (sampling) the plain clamp is the same value in one op instead of three."""
+    if not (torch.is_grad_enabled() and value.requires_grad):
+        return value.clamp(low, high)
     return value + (value.clamp(low, high) - value).detach()
 
 
-def _denominator(theta: Tensor, slope: Tensor, d0: Tensor, d1: Tensor) -> Tensor:
-    """``s + (d0 + d1 - 2s) theta (1 - theta)`` written as a sum of non-negative terms, so that
-    it stays strictly positive with no cancellation however the bin is shaped."""
-    return slope * (theta.square() + (1 - theta).square()) + (d0 + d1) * theta * (1 - theta)
+def _rational_quadratic(theta: Tensor, slope: Tensor, d0: Tensor, d1: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Terms of the rational quadratic at relative position ``theta`` in its bin, shared by both
+    directions and computed once: ``(rise, denominator, log dy/dx)`` with
+    ``y = y0 + height * rise / denominator``.
 
-
-def _log_derivative(theta: Tensor, slope: Tensor, d0: Tensor, d1: Tensor, denominator: Tensor) -> Tensor:
-    """``log dy/dx`` of the rational quadratic at relative position ``theta`` in its bin."""
-    numerator = d1 * theta.square() + 2 * slope * theta * (1 - theta) + d0 * (1 - theta).square()
-    return 2 * torch.log(slope) + torch.log(numerator) - 2 * torch.log(denominator)
+    The denominator ``s + (d0 + d1 - 2s) theta (1 - theta)`` is written as a sum of non-negative
+    terms, so it stays strictly positive with no cancellation however the bin is shaped. The
+    log-derivative ``log(s^2 num / den^2)`` is taken as ``log(num) + 2 log(s / den)``: since
+    ``den >= s / 2`` the ratio lies in (0, 2] and cannot overflow even for huge derivatives,
+    with two logarithms instead of three.
+    """
+    one_minus = 1 - theta
+    theta_squared, cross, one_minus_squared = theta.square(), theta * one_minus, one_minus.square()
+    denominator = slope * (theta_squared + one_minus_squared) + (d0 + d1) * cross
+    numerator = d1 * theta_squared + 2 * slope * cross + d0 * one_minus_squared
+    log_derivative = torch.log(numerator) + 2 * torch.log(slope / denominator)
+    return slope * theta_squared + d0 * cross, denominator, log_derivative
 
 
 def spline_forward(inputs: Tensor, knots: Tensor, tail_bound: float) -> tuple[Tensor, Tensor]:
@@ -216,12 +226,10 @@ def spline_forward(inputs: Tensor, knots: Tensor, tail_bound: float) -> tuple[Te
     # the guard is for compiled kernels that may reassociate (e.g. multiply by 1 / width). It
     # keeps the rational quadratic in its monotone range and theta * (1 - theta) non-negative.
     theta = _clamp_rounding((x - x0) / width, 0.0, 1.0)
-    denominator = _denominator(theta, slope, d0, d1)
-    outputs = y0 + height * (slope * theta.square() + d0 * theta * (1 - theta)) / denominator
+    rise, denominator, log_det = _rational_quadratic(theta, slope, d0, d1)
     # Near a knot, y0 + height * ratio can round one ulp past the bin's end and overtake the next
     # bin's first value; keeping each output inside its bin keeps the map monotone across knots.
-    outputs = _clamp_rounding(outputs, y0, y1)
-    log_det = _log_derivative(theta, slope, d0, d1, denominator)
+    outputs = _clamp_rounding(y0 + height * rise / denominator, y0, y1)
     return torch.where(inside, outputs, inputs), torch.where(inside, log_det, torch.zeros_like(log_det))
 
 
@@ -280,7 +288,7 @@ def spline_inverse(inputs: Tensor, knots: Tensor, tail_bound: float) -> tuple[Te
     theta = _clamp_rounding(torch.where(positive_b, theta_positive_b, theta_negative_b), 0.0, 1.0)
     # As in spline_forward: x0 + theta * width may round past x1; stay inside the bin.
     outputs = _clamp_rounding(x0 + theta * width, x0, x1)
-    log_det = -_log_derivative(theta, slope, d0, d1, _denominator(theta, slope, d0, d1))
+    log_det = -_rational_quadratic(theta, slope, d0, d1)[2]
     return torch.where(inside, outputs, inputs), torch.where(inside, log_det, torch.zeros_like(log_det))
 
 
