@@ -82,6 +82,24 @@ def test_fit_a_named_toy(tmp_path: Path) -> None:
     assert not (tmp_path / "m.png").exists()
 
 
+def test_fit_passes_training_options_through(tmp_path: Path, monkeypatch) -> None:
+    import flowkit.train
+
+    seen = {}
+    real = flowkit.train.fit_density
+
+    def spy(flow, data, **kwargs):
+        seen.update(kwargs)
+        return real(flow, data, **{**kwargs, "compile": False})
+
+    monkeypatch.setattr(flowkit.train, "fit_density", spy)
+    result = run("fit", "toy:rings", "--toy-samples", "300", "-o", str(tmp_path / "m.flowkit"), "--no-plot",
+                 "--compile", "--lr", "0.002", "--patience", "7", "--seed", "5", *FAST)
+    assert result.exit_code == 0, result.output
+    assert seen["compile"] is True and seen["learning_rate"] == 0.002 and seen["patience"] == 7
+    assert seen["seed"] == 5 and seen["epochs"] == 3 and seen["progress"] is False
+
+
 BAD_TABLES = {
     "text": "a,b\n1,2\n3,four\n",
     "nan": "a,b\n1,2\n3,NaN\n",
