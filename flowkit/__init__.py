@@ -1,13 +1,13 @@
 """flowkit: normalizing flows on PyTorch."""
 
-from flowkit import bijectors
+from flowkit import bijectors, interop  # interop registers the nflows_* presets
 from flowkit.distributions import DiagGaussian
 from flowkit.flow import Flow
 from flowkit.presets import build, iaf, maf, nsf, nsf_coupling, realnvp
 from flowkit.train import FitResult, fit_density, fit_variational
 
 __all__ = [
-    "DiagGaussian", "FitResult", "Flow", "bijectors", "build", "fit_density", "fit_variational", "iaf", "maf",
-    "nsf", "nsf_coupling", "realnvp",
+    "DiagGaussian", "FitResult", "Flow", "bijectors", "build", "fit_density", "fit_variational", "iaf",
+    "interop", "maf", "nsf", "nsf_coupling", "realnvp",
 ]
 __version__ = "0.1.0"

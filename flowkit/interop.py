@@ -19,6 +19,7 @@ depend on it. Two differences between the libraries are bridged here:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,8 @@ from flowkit.bijectors.linear import Permutation
 from flowkit.bijectors.transformers import Transformer
 from flowkit.distributions import DiagGaussian
 from flowkit.flow import Flow
+from flowkit.nn import hidden_sizes
+from flowkit.presets import preset
 
 
 class NflowsAffine(Transformer):
@@ -171,7 +174,6 @@ class NflowsFlow(nn.Module):
         self.flow = flow
         self.features = features if features is not None else math.prod(flow._distribution._shape)
         self.context_features = context_features
-        self.config = {"preset": "nflows", "features": self.features, "context_features": context_features}
 
     def _check(self, x: Tensor | None, context: Tensor | None, batch: int) -> Tensor | None:
         if x is not None and (x.dim() != 2 or x.shape[1] != self.features):
@@ -215,3 +217,51 @@ class NflowsFlow(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         return self.log_prob(x, context)
+
+
+def _nflows_autoregressive(features: int, context_features: int, transforms: int,
+                           hidden_features: int | Sequence[int], make_layer) -> NflowsFlow:
+    """An nflows stack of autoregressive layers with reversals between them, wrapped."""
+    from nflows import distributions, flows
+    from nflows import transforms as nflows_transforms
+
+    widths = hidden_sizes(hidden_features)
+    if len(set(widths)) != 1:
+        raise ValueError(f"nflows MADEs have equal hidden widths, got {widths}")
+    # nflows' MADE: an initial masked layer plus num_blocks blocks, so len(widths) - 1 blocks.
+    options = {"hidden_features": widths[0], "num_blocks": len(widths) - 1, "use_residual_blocks": False,
+               "context_features": context_features or None}
+    layers: list[nn.Module] = []
+    for index in range(transforms):
+        layers.append(make_layer(nflows_transforms, options))
+        if index < transforms - 1:
+            layers.append(nflows_transforms.ReversePermutation(features))
+    source = flows.Flow(nflows_transforms.CompositeTransform(layers), distributions.StandardNormal([features]))
+    return NflowsFlow(source, features, context_features)
+
+
+@preset
+def nflows_maf(features: int, context_features: int = 0, transforms: int = 5,
+               hidden_features: int | Sequence[int] = 64) -> NflowsFlow:
+    """nflows' own MAF behind flowkit's interface, so flowkit's trainers and CLI drive it
+    (``flowkit fit data.csv --flow nflows_maf``) and its model files save and load like any preset.
+
+    Example:
+        >>> import torch
+        >>> flow = nflows_maf(3, transforms=2, hidden_features=16)
+        >>> flow.log_prob(torch.zeros(2, 3)).shape, flow.config["preset"]
+        (torch.Size([2]), 'nflows_maf')
+    """
+    return _nflows_autoregressive(
+        features, context_features, transforms, hidden_features,
+        lambda t, options: t.MaskedAffineAutoregressiveTransform(features, **options))
+
+
+@preset
+def nflows_nsf(features: int, context_features: int = 0, transforms: int = 5,
+               hidden_features: int | Sequence[int] = 64, num_bins: int = 8, tail_bound: float = 3.0) -> NflowsFlow:
+    """nflows' autoregressive neural spline flow (linear tails) behind flowkit's interface."""
+    return _nflows_autoregressive(
+        features, context_features, transforms, hidden_features,
+        lambda t, options: t.MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
+            features, num_bins=num_bins, tails="linear", tail_bound=tail_bound, **options))
