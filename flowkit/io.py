@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -40,6 +41,9 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "wb"
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would have given,
+        # or keep the mode of the file it replaces.
+        os.chmod(temporary, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
         with os.fdopen(descriptor, mode, **({"newline": ""} if "b" not in mode else {})) as handle:
             write(handle)
             handle.flush()
@@ -49,6 +53,12 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "wb"
         Path(temporary).unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -118,7 +128,9 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     try:
-        archive = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickles; the error below says it all
+            warnings.simplefilter("ignore")
+            archive = torch.load(path, map_location=map_location, weights_only=True)
     except Exception:  # torch raises many kinds of error for a bad archive; all mean "not loadable"
         raise ModelFileError(f"{path}: not a readable flowkit model file (damaged, truncated, or holding "
                              "objects other than tensors and plain values)") from None

@@ -75,3 +75,4 @@ def test_standardizer_round_trip_and_constant_column(tmp_path: Path) -> None:
     assert standardizer.log_det == pytest.approx(-np.log(table.values.std(0)).sum())
     with pytest.raises(DataError, match="constant column\\(s\\) 'b'"):
         Standardizer.fit(read_table(write(tmp_path, "c.csv", "a,b\n1,5\n2,5\n")))
+
