@@ -63,6 +63,8 @@ def test_bad_npy_and_binary_files(tmp_path: Path) -> None:
         read_table(tmp_path / "bin.csv")
     with pytest.raises(DataError, match="no such file"):
         read_table(tmp_path / "missing.csv")
+    with pytest.raises(DataError, match="is a directory"):
+        read_table(tmp_path)
 
 
 def test_standardizer_round_trip_and_constant_column(tmp_path: Path) -> None:
@@ -73,6 +75,8 @@ def test_standardizer_round_trip_and_constant_column(tmp_path: Path) -> None:
     np.testing.assert_allclose(scaled.std(0), 1)
     np.testing.assert_allclose(standardizer.inverse(scaled), table.values)
     assert standardizer.log_det == pytest.approx(-np.log(table.values.std(0)).sum())
+    with pytest.raises(DataError, match="column\\(s\\) 'a': values too large to standardise"):
+        Standardizer.fit(read_table(write(tmp_path, "h.csv", "a,b\n1e308,1\n-1e308,2\n")))
     with pytest.raises(DataError, match="constant column\\(s\\) 'b'"):
         Standardizer.fit(read_table(write(tmp_path, "c.csv", "a,b\n1,5\n2,5\n")))
 

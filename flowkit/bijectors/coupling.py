@@ -49,7 +49,8 @@ class Coupling(Bijector):
     ) -> None:
         super().__init__()
         if features < 2:
-            raise ValueError(f"coupling needs at least 2 features, got {features}")
+            raise ValueError(f"coupling needs at least 2 features, got {features} "
+                             "(an autoregressive flow such as maf or nsf works with one)")
         if mask is None:
             mask = torch.arange(features) < features // 2
         mask = torch.as_tensor(mask, dtype=torch.bool)

@@ -60,6 +60,8 @@ def read_table(path: str | Path) -> Table:
         ['a', 'b']
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a data file")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if path.suffix == ".npy":
@@ -130,12 +132,17 @@ class Standardizer:
         """Fit to a table; a column with no spread is refused (its density is not defined)."""
         if table.values.shape[0] < 2:
             raise DataError(f"need at least 2 rows to fit, got {table.values.shape[0]}")
-        std = table.values.std(axis=0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean, std = table.values.mean(axis=0), table.values.std(axis=0)
+        overflowing = [name for name, m, s in zip(table.columns, mean, std) if not (np.isfinite(m) and np.isfinite(s))]
+        if overflowing:
+            raise DataError(f"column(s) {', '.join(map(repr, overflowing))}: values too large to standardise "
+                            "(their spread overflows float64; rescale them first)")
         constant = [name for name, s in zip(table.columns, std) if not s > 0]
         if constant:
             raise DataError(f"constant column(s) {', '.join(map(repr, constant))}: a density needs spread "
                             "(drop them first)")
-        return cls(table.values.mean(axis=0), std, list(table.columns))
+        return cls(mean, std, list(table.columns))
 
     @property
     def log_det(self) -> float:
