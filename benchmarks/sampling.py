@@ -19,14 +19,10 @@ float32) can be changed with flags; see ``--help``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,20 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout, without installing
 
-from peers import build_models  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-
-RESULTS = ROOT / "benchmarks" / "results"
-
-
-def timed(function: Callable[[], torch.Tensor], device: str) -> float:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    with torch.no_grad():
-        function()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+from common import add_arguments, build_models, metadata, timed, write_report  # noqa: E402
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -58,14 +41,16 @@ def run(args: argparse.Namespace) -> dict:
     for (library, model), entry in models.items():
         for method in ("log_prob", "sample"):
             for _ in range(args.warmup if library == "flowkit" or method == "log_prob" else 1):
-                timed(entry[method], args.device)
+                with torch.no_grad():
+                    timed(entry[method], args.device)
             times[library, model, method] = []
     for repeat in range(args.repeats):
         for (library, model), entry in models.items():  # interleaved: every library in every round
             for method in ("log_prob", "sample"):
                 if method == "sample" and library != "flowkit" and repeat >= args.peer_sample_repeats:
                     continue
-                times[library, model, method].append(timed(entry[method], args.device))
+                with torch.no_grad():
+                    times[library, model, method].append(timed(entry[method], args.device))
     rows = []
     for (library, model), entry in models.items():
         log_prob = args.batch / statistics.median(times[library, model, "log_prob"])
@@ -85,13 +70,6 @@ def run(args: argparse.Namespace) -> dict:
             ours = by_key["flowkit", row["model"]]
             row["flowkit_sampling_speedup"] = ours["sample_per_s"] / row["sample_per_s"]
     return {"rows": rows}
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "zuko": version("zuko"),
-            "nflows": version("nflows")}
 
 
 def markdown(report: dict) -> str:
@@ -144,39 +122,18 @@ def plot(report: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--features", type=int, default=43)
-    parser.add_argument("--transforms", type=int, default=5)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--bins", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=15)
+    add_arguments(parser)
     parser.add_argument("--peer-sample-repeats", type=int, default=3,
                         help="repeats for the peers' (slow, D-pass) sampling")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--tag", default="", help="suffix for the result file names")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     load_start = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
     report = run(args)
-    report["meta"] = {
-        "command": " ".join(["python", "benchmarks/sampling.py", *sys.argv[1:]]),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(args.device),
-        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "versions": versions(),
-        "config": {"features": args.features, "transforms": args.transforms, "hidden": [args.hidden] * 2,
-                   "bins": args.bins, "batch": args.batch, "dtype": "float32"},
-        "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()],
-        "wall_seconds": round(time.perf_counter() - started, 1),
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = f"sampling_{args.device.split(':')[0]}{'_' + args.tag if args.tag else ''}"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / f"{stem}.md").write_text(markdown(report))
-    plot(report, RESULTS / f"{stem}.png")
+    report["meta"] = metadata(args, "sampling.py", load_start, started)
+    stem = write_report(report, "sampling", args, markdown(report))
+    plot(report, stem.with_suffix(".png"))
     print(markdown(report))
 
 

@@ -17,10 +17,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -33,9 +30,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout, without installing
 
-from peers import build_models  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from common import add_arguments, build_models, metadata, timed, write_report  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
 PARAMS_PER_FEATURE = {"MAF": lambda bins: 2, "NSF-AR": lambda bins: 3 * bins - 1}
 
 
@@ -79,16 +75,6 @@ def flow_step(module: nn.Module, log_prob: Callable[[], torch.Tensor]) -> Callab
         optimizer.step()
 
     return step
-
-
-def timed(step: Callable[[], None], device: str) -> float:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -153,40 +139,17 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--features", type=int, default=43)
-    parser.add_argument("--transforms", type=int, default=5)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--bins", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--tag", default="", help="suffix for the result file names")
+    add_arguments(parser)
     parser.add_argument("--compile", action="store_true",
                         help="also time flowkit with torch.compile (compiling takes tens of seconds)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     load_start = [round(x, 2) for x in os.getloadavg()]
+    started = time.perf_counter()
     report = run(args)
-    from importlib.metadata import version
-
-    report["meta"] = {
-        "command": " ".join(["python", "benchmarks/training.py", *sys.argv[1:]]),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(args.device),
-        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "zuko": version("zuko"),
-                     "nflows": version("nflows")},
-        "config": {"features": args.features, "transforms": args.transforms, "hidden": [args.hidden] * 2,
-                   "bins": args.bins, "batch": args.batch, "dtype": "float32"},
-        "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()],
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = f"training_{args.device.split(':')[0]}{'_' + args.tag if args.tag else ''}"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / f"{stem}.md").write_text(markdown(report))
+    report["meta"] = metadata(args, "training.py", load_start, started)
+    write_report(report, "training", args, markdown(report))
     print(markdown(report))
 
 

@@ -1,4 +1,5 @@
-"""The models every benchmark compares: flowkit, zuko and nflows, configured alike.
+"""What every benchmark shares: the models it compares (flowkit, zuko and nflows, configured
+alike), the command-line arguments, the timer, and the metadata and files of a report.
 
 ``build_models`` returns ``{(library, model): {"module", "log_prob", "sample"}}`` for an MAF and an
 autoregressive neural spline flow (NSF-AR) in each library, every module on the device, with
@@ -9,7 +10,14 @@ the flowkit models trivially the identity).
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -76,3 +84,58 @@ def build_models(args: argparse.Namespace) -> dict[tuple[str, str], dict[str, An
             features, hidden, num_bins=args.bins, tails="linear", tail_bound=3.0, num_blocks=1,
             use_residual_blocks=False))
     return models
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model configuration and run controls every harness takes."""
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--features", type=int, default=43)
+    parser.add_argument("--transforms", type=int, default=5)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--bins", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--tag", default="", help="suffix for the result file names")
+
+
+def timed(function: Callable[[], Any], device: str) -> float:
+    """Seconds for one call, with the device synchronised on both sides."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    function()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def metadata(args: argparse.Namespace, script: str, load_start: list[float], started: float) -> dict:
+    """Where, when and how a report was measured."""
+    from importlib.metadata import version
+
+    return {
+        "command": " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(args.device),
+        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "zuko": version("zuko"),
+                     "nflows": version("nflows")},
+        "config": {"features": args.features, "transforms": args.transforms, "hidden": [args.hidden] * 2,
+                   "bins": args.bins, "batch": args.batch, "dtype": "float32"},
+        "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()],
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def write_report(report: dict, name: str, args: argparse.Namespace, markdown: str) -> Path:
+    """Write ``results/<name>_<device>[_<tag>].json`` and ``.md``; returns the path stem."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"{name}_{args.device.split(':')[0]}{'_' + args.tag if args.tag else ''}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown)
+    return stem
