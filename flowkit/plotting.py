@@ -100,7 +100,7 @@ def plot_layers(flow: Flow, path: str | Path, standardizer: Standardizer | None 
             stages.append((f"after layer {index}: {layer.__class__.__name__}", points))
     columns = min(4, len(stages))
     rows = -(-len(stages) // columns)
-    figure = Figure(figsize=(3.4 * columns, 3.3 * rows))
+    figure = Figure(figsize=(3.4 * columns, 3.3 * rows), layout="constrained")
     axes = np.atleast_1d(figure.subplots(rows, columns)).flatten()
     for index, (axis, (name, stage)) in enumerate(zip(axes, stages)):
         values = stage.double().numpy()
@@ -121,7 +121,7 @@ def plot_marginals(data: np.ndarray, samples: np.ndarray, columns: list[str], pa
     count = min(max_features, data.shape[1])
     width = min(4, count)
     rows = -(-count // width)
-    figure = Figure(figsize=(3.2 * width, 2.6 * rows))
+    figure = Figure(figsize=(3.2 * width, 2.6 * rows), layout="constrained")
     axes = np.atleast_1d(figure.subplots(rows, width)).flatten()
     for index in range(count):
         low, high = np.quantile(data[:, index], [0.005, 0.995])
@@ -131,6 +131,8 @@ def plot_marginals(data: np.ndarray, samples: np.ndarray, columns: list[str], pa
         axes[index].set_title(columns[index], fontsize=9)
         axes[index].set_yticks([])
     axes[0].legend(fontsize=8)
+    if data.shape[1] > count:
+        figure.suptitle(f"first {count} of {data.shape[1]} features")
     for axis in axes[count:]:
         axis.set_visible(False)
     _save(figure, path)
