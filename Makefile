@@ -21,6 +21,7 @@ demo: install
 	$(BIN)/flowkit fit datasets/two_moons.csv --flow realnvp --transforms 6 --hidden 64 \
 		--epochs 60 --output out/two_moons.flowkit --plot out/two_moons.png
 	$(BIN)/flowkit plot out/two_moons.flowkit --layers --output out/two_moons_layers.png
+	$(BIN)/flowkit plot out/two_moons.flowkit --history --output out/two_moons_history.png
 
 test: install
 	$(BIN)/ruff check flowkit cli tests benchmarks datasets

@@ -137,7 +137,7 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
         float(result.best_validation_loss) - standardizer.log_det
     metadata = {"data": data, "rows": int(table.values.shape[0]), "steps": int(result.steps),
                 "stopped": result.stopped, "validation_nll": validation_nll,
-                "skipped_steps": int(result.skipped_steps)}
+                "skipped_steps": int(result.skipped_steps), "history": history_in_data_units(result, standardizer)}
     save_model(output, flow, standardizer, metadata)
     checkpoint.unlink(missing_ok=True)  # the finished model supersedes the run's checkpoint
     message = f"saved {output} ({preset}, {sum(p.numel() for p in flow.parameters())} parameters, " \
@@ -148,6 +148,16 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
     if not no_plot:
         write_fit_picture(flow, table, standardizer, Path(plot_path or output.with_suffix(".png")),
                           f"{preset} on {name}")
+
+
+def history_in_data_units(result, standardizer: Standardizer) -> list[dict]:
+    """The per-epoch losses, shifted from standardised to data units like ``validation_nll``."""
+    rows = []
+    for row in result.history:
+        rows.append({key: row.get(key) for key in ("step", "epoch", "learning_rate")})
+        for key in ("train_loss", "validation_loss"):
+            rows[-1][key] = None if row.get(key) is None else float(row[key]) - standardizer.log_det
+    return rows
 
 
 def write_fit_picture(flow, table: Table, standardizer: Standardizer, path: Path, title: str) -> None:
@@ -229,7 +239,8 @@ def info(model, as_json) -> None:
     if summary["columns"]:
         click.echo(f"columns:    {', '.join(summary['columns'])}")
     for key, value in metadata.items():
-        click.echo(f"{key + ':':<11} {value}")
+        shown = f"{len(value)} records (`flowkit plot MODEL --history`)" if key == "history" else value
+        click.echo(f"{key + ':':<11} {shown}")
 
 
 @main.command()
@@ -237,12 +248,19 @@ def info(model, as_json) -> None:
 @click.argument("data", type=click.Path(dir_okay=False), required=False)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="PNG file.")
 @click.option("--layers", is_flag=True, help="Show how each layer bends space (2-D flows).")
+@click.option("--history", is_flag=True, help="Show the training and validation loss curves.")
 @clean_errors
-def plot(model, data, output, layers) -> None:
-    """Picture a fitted MODEL: density and samples beside DATA, marginals, or its layers."""
-    from flowkit.plotting import plot_layers
+def plot(model, data, output, layers, history) -> None:
+    """Picture a fitted MODEL: density and samples beside DATA, marginals, its layers or its training."""
+    from flowkit.plotting import plot_history, plot_layers
 
-    flow, standardizer, _ = load_model(model)
+    flow, standardizer, metadata = load_model(model)
+    if history:
+        if not metadata.get("history"):
+            raise DataError(f"{model}: holds no training history")
+        plot_history(metadata["history"], output)
+        click.echo(f"wrote {output}")
+        return
     if layers:
         plot_layers(flow, output, standardizer)
         click.echo(f"wrote {output}")

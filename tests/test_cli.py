@@ -72,7 +72,19 @@ def test_info_and_plots(fitted, tmp_path: Path) -> None:
     assert result.exit_code == 0 and "realnvp" in result.output and "width, height" in result.output
     assert run("plot", str(model), str(data), "-o", str(tmp_path / "p.png")).exit_code == 0
     assert run("plot", str(model), "--layers", "-o", str(tmp_path / "l.png")).exit_code == 0
-    assert (tmp_path / "p.png").stat().st_size > 1000 and (tmp_path / "l.png").stat().st_size > 1000
+    assert run("plot", str(model), "--history", "-o", str(tmp_path / "h.png")).exit_code == 0
+    for name in ("p.png", "l.png", "h.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG" and (tmp_path / name).stat().st_size > 1000
+    assert "history:    3 records" in result.output
+
+
+def test_history_is_in_data_units(fitted) -> None:
+    model, _ = fitted
+    _, standardizer, metadata = load_model(model)
+    last = metadata["history"][-1]
+    assert len(metadata["history"]) == 3 and last["epoch"] == 3
+    best = min(row["validation_loss"] for row in metadata["history"])
+    assert best == pytest.approx(metadata["validation_nll"])
 
 
 def test_fit_a_named_toy(tmp_path: Path) -> None:
