@@ -156,21 +156,21 @@ def test_score_refuses_wrong_columns_and_corrupt_models(fitted, tmp_path: Path) 
 
 def test_interrupted_fit_keeps_checkpoint_and_resumes(tmp_path: Path) -> None:
     model = tmp_path / "m.flowkit"
-    arguments = ["fit", "toy:two_moons", "--toy-samples", "2000", "-o", str(model), "--epochs", "40",
+    arguments = ["fit", "toy:two_moons", "--toy-samples", "2000", "-o", str(model), "--epochs", "100",
                  "--patience", "1000", "--transforms", "2", "--hidden", "16", "--no-plot"]
     process = subprocess.Popen([str(Path(sys.executable).with_name("flowkit")), "--threads", "1", *arguments],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoint = Path(f"{model}.ckpt")
     deadline = time.monotonic() + 60
     while not checkpoint.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.01)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "resume with the same `flowkit fit` command with --resume" in stderr and "Traceback" not in stderr
     assert checkpoint.is_file() and not model.exists()
     interrupted_at = torch.load(checkpoint, weights_only=True)["run"]["step"]
-    total = 40 * 8  # 1800 training rows of the 2000 drawn, in batches of 256
+    total = 100 * 8  # 1800 training rows of the 2000 drawn, in batches of 256
     assert 0 < interrupted_at < total
     result = run(*arguments, "-q", "--resume")
     assert result.exit_code == 0, result.output
