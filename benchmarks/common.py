@@ -1,7 +1,8 @@
 """What every benchmark shares: the models it compares (flowkit, zuko and nflows, configured
 alike), the command-line arguments, the timer, and the metadata and files of a report.
 
-``build_models`` returns ``{(library, model): {"module", "log_prob", "sample"}}`` for an MAF and an
+``build_models`` returns ``{(library, model): {"module", "log_prob", "sample", "density"}}``
+(``log_prob`` and ``sample`` time a fixed batch; ``density(x)`` scores any rows) for an MAF and an
 autoregressive neural spline flow (NSF-AR) in each library, every module on the device, with
 parameters moved off their initialisation identically (a zero-initialised output layer would make
 the flowkit models trivially the identity).
@@ -46,7 +47,8 @@ def build_models(args: argparse.Namespace) -> dict[tuple[str, str], dict[str, An
     def flowkit_entry(flow: torch.nn.Module) -> dict[str, Any]:
         flow = flow.to(device).eval()
         perturb(flow)
-        return {"log_prob": lambda: flow.log_prob(data), "sample": lambda: flow.sample(batch), "module": flow}
+        return {"log_prob": lambda: flow.log_prob(data), "sample": lambda: flow.sample(batch), "module": flow,
+                "density": flow.log_prob}
 
     models["flowkit", "MAF"] = flowkit_entry(maf(features, transforms=args.transforms,
                                                  hidden_features=[hidden, hidden]))
@@ -58,7 +60,7 @@ def build_models(args: argparse.Namespace) -> dict[tuple[str, str], dict[str, An
         flow = flow.to(device).eval()
         perturb(flow)
         return {"log_prob": lambda: flow().log_prob(data), "sample": lambda: flow().sample((batch,)),
-                "module": flow}
+                "module": flow, "density": lambda x: flow().log_prob(x)}
 
     models["zuko", "MAF"] = zuko_entry(zuko.flows.MAF(features, transforms=args.transforms,
                                                       hidden_features=(hidden, hidden)))
@@ -74,7 +76,8 @@ def build_models(args: argparse.Namespace) -> dict[tuple[str, str], dict[str, An
         flow = flows.Flow(transforms.CompositeTransform(layers), distributions.StandardNormal([features]))
         flow = flow.to(device).eval()
         perturb(flow)
-        return {"log_prob": lambda: flow.log_prob(data), "sample": lambda: flow.sample(batch), "module": flow}
+        return {"log_prob": lambda: flow.log_prob(data), "sample": lambda: flow.sample(batch), "module": flow,
+                "density": flow.log_prob}
 
     # num_blocks=1 with feedforward blocks: an initial masked layer and one block, two hidden layers.
     models["nflows", "MAF"] = nflows_entry(lambda: transforms.MaskedAffineAutoregressiveTransform(
