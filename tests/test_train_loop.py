@@ -138,3 +138,64 @@ def test_gradient_clipping_bounds_the_update() -> None:
     result = train_loop(model, lambda step: ((model(x) - 5000.0).square().mean(), 8), config)
     assert model.weight.grad.norm().item() == pytest.approx(result.history[0]["grad_norm"], rel=1e-6)
     assert model.weight.grad.norm().item() == pytest.approx(2 * 5000.0 * 1000.0, rel=1e-6)
+
+
+class BatchNormRegression(Recorder):
+    """The Recorder's regression through a torch BatchNorm1d and a flowkit BatchNorm: both write
+    running statistics during the forward pass, a bad one included."""
+
+    def __init__(self, bad_steps: set[int]) -> None:
+        from flowkit.bijectors import BatchNorm
+
+        class Model(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.torch_norm, self.flowkit_norm = torch.nn.BatchNorm1d(3), BatchNorm(3)
+                self.linear = torch.nn.Linear(3, 1)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.linear(self.flowkit_norm(self.torch_norm(x))[0])
+
+        super().__init__(Model(), bad_steps, kind="gradient")
+
+
+def test_a_skipped_step_leaves_buffers_as_they_were(tmp_path) -> None:
+    recorder = BatchNormRegression(bad_steps={3, 6, 7})
+    checkpoint = tmp_path / "run.pt"
+    config = LoopConfig(total_steps=8, steps_per_record=4, learning_rate=0.01, progress=False,
+                        checkpoint=checkpoint)
+    validation = iter([2.0, 1.0])  # each record improves: the best weights are the last ones
+    result = train_loop(recorder.model, recorder, config, validate=lambda: next(validation))
+    assert result.skipped_steps == 3
+    # running statistics (and torch's num_batches_tracked) are exactly the pre-step ones
+    assert _equal(recorder.before[4], recorder.before[3])
+    assert _equal(_weights(recorder.model), recorder.before[6])
+    assert not _equal(recorder.before[3], recorder.before[2])  # good steps do update them
+    saved = torch.load(checkpoint, weights_only=True)
+    for state in (saved["model"], saved["best_state"], saved["last_good"]["model"]):
+        assert all(torch.isfinite(value).all() for value in state.values() if value.is_floating_point())
+
+
+def test_non_finite_weights_from_finite_steps_are_never_kept_or_saved(tmp_path) -> None:
+    # An absurd step size turns the weight to -inf while tanh keeps loss and gradient finite.
+    model = torch.nn.Linear(1, 1, bias=False)
+    initial = _weights(model)
+    x = torch.ones(4, 1)
+    checkpoint = tmp_path / "run.pt"
+    config = LoopConfig(total_steps=20, steps_per_record=1, learning_rate=1e39, schedule="constant",
+                        max_rollbacks=2, progress=False, checkpoint=checkpoint)
+    result = train_loop(model, lambda step: (torch.tanh(model(x)).mean(), 4), config, validate=lambda: 0.0)
+    assert result.stopped == "diverged" and result.rollbacks == 3 and result.skipped_steps == 0
+    assert _equal(_weights(model), initial)
+    saved = torch.load(checkpoint, weights_only=True)
+    for state in (saved["model"], saved["best_state"], saved["last_good"]["model"]):
+        assert _equal(state, initial)
+
+
+def test_non_finite_initial_weights_are_refused() -> None:
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.bias.fill_(math.nan)
+    config = LoopConfig(total_steps=2, steps_per_record=1, progress=False)
+    with pytest.raises(ValueError, match="NaN or Inf weights"):
+        train_loop(model, lambda step: (model(torch.ones(1, 2)).sum(), 1), config)

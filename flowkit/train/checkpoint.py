@@ -9,6 +9,8 @@ can read it and a checkpoint file can never execute code.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,3 +67,11 @@ def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
+
+def warn_if_changed(saved: dict[str, Any], current: dict[str, Any], path: Path | None, writes: bool) -> None:
+    """Warn (on rank 0) when a run resumes with settings other than those it was saved with."""
+    changed = sorted(key for key in current if key in saved and saved[key] != current[key])
+    if changed and writes:
+        details = ", ".join(f"{key}: {saved[key]!r} -> {current[key]!r}" for key in changed)
+        print(f"warning: resuming {path} with different settings ({details}); the run will not "
+              "match an uninterrupted one", file=sys.stderr, flush=True)

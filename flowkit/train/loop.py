@@ -9,8 +9,8 @@ graceful SIGINT/SIGTERM, atomic checkpoints and exact resume, progress and metri
 agreement of all ranks in a distributed run.
 
 Per step it makes one host sync, to read the loss and gradient norm together: that decides
-whether the step is applied (a non-finite loss or gradient never reaches the weights) and feeds
-the logs, so logging costs no extra sync.
+whether the step is applied (a non-finite loss or gradient never reaches the weights, nor the
+buffers its forward pass wrote: ``guard.BufferGuard``) and feeds the logs at no extra sync.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,8 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from flowkit.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from flowkit.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, warn_if_changed
 from flowkit.train.distributed import DistributedContext, all_reduce_sum
+from flowkit.train.guard import BufferGuard, copy_state, is_finite_state
 from flowkit.train.interrupt import StopRequest
 from flowkit.train.progress import Progress
 from flowkit.train.result import FitResult
@@ -98,10 +98,6 @@ class _Run:
     samples: int = 0
     stopped: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _copy_model(model: nn.Module) -> dict[str, Tensor]:
-    return {key: value.detach().clone() for key, value in model.state_dict().items()}
 
 
 def _total_norm(parameters: list[nn.Parameter], max_norm: float | None) -> Tensor:
@@ -177,14 +173,14 @@ class _Loop:
         self.writes = distributed.is_main  # only rank 0 writes files and reports
         self.stat_dtype = torch.float64 if device.type in ("cpu", "cuda") else torch.float32
         self.last_saved = -math.inf
+        self.guard = BufferGuard(model)
 
     # --- checkpoints ------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(), "rng": rng_state(self.device),
-                "run": asdict(self.run_state), "best_state": self.best_state, "last_good": self.last_good,
-                "fingerprint": self.config.fingerprint}
+                "schedule": self.schedule.state_dict(), "rng": rng_state(self.device), "run": asdict(self.run_state),
+                "best_state": self.best_state, "last_good": self.last_good, "fingerprint": self.config.fingerprint}
 
     def save(self, force: bool = True) -> None:
         due = force or time.monotonic() - self.last_saved >= self.config.checkpoint_interval
@@ -197,7 +193,7 @@ class _Loop:
         self.model.train()
         if self.config.resume and self.path is not None and self.path.exists():
             loaded = load_checkpoint(self.path, map_location=self.device)
-            _warn_if_changed(loaded.get("fingerprint", {}), self.config.fingerprint, self.path, self.writes)
+            warn_if_changed(loaded.get("fingerprint", {}), self.config.fingerprint, self.path, self.writes)
             try:
                 self.model.load_state_dict(loaded["model"])
             except RuntimeError as error:
@@ -209,14 +205,18 @@ class _Loop:
             self.best_state, self.last_good = loaded["best_state"], loaded["last_good"]
             if self.run_state.stopped not in ("early_stopping", "diverged"):  # those stay finished
                 self.run_state.stopped = None
+            self.guard.commit()
             return
         if initialize is not None:
             initialize()
+        if not is_finite_state(self.model.state_dict()):
+            raise ValueError("the model has NaN or Inf weights or buffers before training")
+        self.guard.commit()
         self.last_good = self.snapshot()
 
     def snapshot(self) -> dict[str, Any]:
         """A copy of the weights and optimiser state to roll back to."""
-        return {"model": _copy_model(self.model), "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+        return {"model": copy_state(self.model), "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                 "step": self.run_state.step}
 
     # --- the loop ---------------------------------------------------------------------------
@@ -293,9 +293,12 @@ class _Loop:
         loss_value, norm_value = values[0] / distributed.world_size, values[1] / distributed.world_size
         if math.isfinite(loss_value) and math.isfinite(norm_value):
             self.optimizer.step()
+            self.guard.commit()
             run.loss_sum += loss_value
             run.loss_count += 1
             run.consecutive_bad = 0
+        else:  # its forward pass may have written the bad batch into buffers (BatchNorm statistics)
+            self.guard.revert()
         run.samples += samples
         run.step += 1
         return rate, loss_value, norm_value, stop_requested, time_up
@@ -309,25 +312,31 @@ class _Loop:
         if run.skipped_steps == 1:
             progress.message(f"step {run.step}: non-finite loss or gradient; step skipped, weights unchanged "
                              "(further skips are counted in skipped_steps)")
-        if run.consecutive_bad < self.config.max_bad_steps:
-            return
+        if run.consecutive_bad >= self.config.max_bad_steps:
+            self.rollback(progress, f"{run.consecutive_bad} consecutive non-finite steps")
+
+    def rollback(self, progress: Progress, reason: str) -> None:
+        """Go back to the last good weights and optimiser state with a lower learning rate."""
+        run = self.run_state
         self.model.load_state_dict(self.last_good["model"])
         # load_state_dict may keep the given tensors as live state: hand it a copy
         self.optimizer.load_state_dict(copy.deepcopy(self.last_good["optimizer"]))
+        self.guard.commit()
         self.schedule.scale *= self.config.rollback_factor
         run.rollbacks += 1
-        progress.message(
-            f"{run.consecutive_bad} consecutive non-finite steps at step {run.step}: rolled back to the "
-            f"weights of step {self.last_good['step']}, learning rate now x{self.schedule.scale:g}"
-        )
+        progress.message(f"{reason} at step {run.step}: rolled back to the weights of step "
+                         f"{self.last_good['step']}, learning rate now x{self.schedule.scale:g}")
         run.consecutive_bad = 0
 
     def close_record(self, rate: float, grad_norm: float, seconds: float, progress: Progress) -> None:
         """End a record: validate, keep the best and last good weights, log, check patience."""
         run, config = self.run_state, self.config
+        # finite steps with an absurd step size: such weights must never be kept or checkpointed
+        if not is_finite_state(self.model.state_dict()):
+            self.rollback(progress, "non-finite weights")
         record, improved = _close_record(run, self.validate, rate, grad_norm, seconds, config)
         if improved:
-            self.best_state = _copy_model(self.model)
+            self.best_state = copy_state(self.model)
         if _is_good(record):
             self.last_good = self.snapshot()
         progress.record(record)
@@ -347,7 +356,7 @@ class _Loop:
         if run.skipped_steps:
             progress.message(f"{run.skipped_steps} non-finite steps were skipped, {run.rollbacks} roll-backs")
         if run.stopped == "diverged":
-            progress.message(f"stopped at step {run.step}: the loss stayed non-finite after "
+            progress.message(f"stopped at step {run.step}: training stayed non-finite after "
                              f"{run.rollbacks} roll-backs")
 
 
@@ -389,11 +398,3 @@ def _is_good(record: dict[str, Any]) -> bool:
     """Whether the weights after this record are a safe place to roll back to."""
     losses = [record["train_loss"], record["validation_loss"]]
     return record["train_loss"] is not None and all(v is None or math.isfinite(v) for v in losses)
-
-
-def _warn_if_changed(saved: dict[str, Any], current: dict[str, Any], path: Path | None, writes: bool) -> None:
-    changed = sorted(key for key in current if key in saved and saved[key] != current[key])
-    if changed and writes:
-        details = ", ".join(f"{key}: {saved[key]!r} -> {current[key]!r}" for key in changed)
-        print(f"warning: resuming {path} with different settings ({details}); the run will not "
-              "match an uninterrupted one", file=sys.stderr, flush=True)
