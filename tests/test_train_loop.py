@@ -199,3 +199,11 @@ def test_non_finite_initial_weights_are_refused() -> None:
     config = LoopConfig(total_steps=2, steps_per_record=1, progress=False)
     with pytest.raises(ValueError, match="NaN or Inf weights"):
         train_loop(model, lambda step: (model(torch.ones(1, 2)).sum(), 1), config)
+
+
+def test_gradients_reach_only_the_trained_parameters() -> None:
+    model, outside = torch.nn.Linear(2, 1), torch.nn.Parameter(torch.ones(1))
+    config = LoopConfig(total_steps=3, steps_per_record=1, progress=False)
+    train_loop(model, lambda step: ((model(torch.ones(4, 2)) - outside).square().mean(), 4), config)
+    assert outside.grad is None and outside.item() == 1.0
+    assert model.weight.grad is not None

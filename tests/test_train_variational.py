@@ -66,3 +66,25 @@ def test_variational_with_a_context_and_unknown_estimator() -> None:
     with pytest.raises(ValueError, match="unknown estimator"):
         fit_variational(flow, conditional_target, steps=2, estimator="magic", context=torch.ones(1),
                         progress=False)
+
+
+class ShiftedGaussian(torch.nn.Module):
+    """A target with a parameter of its own that requires grad: fitting q must not touch it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loc = torch.nn.Parameter(LOC.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -0.5 * ((x - self.loc) / SCALE).square().sum(-1)
+
+
+@pytest.mark.parametrize("estimator", ["pathwise", "stl", "score"])
+def test_a_target_with_trainable_parameters_gets_no_gradient(estimator: str) -> None:
+    torch.manual_seed(0)
+    target = ShiftedGaussian()
+    flow = flowkit.realnvp(features=2, transforms=2, hidden_features=8)
+    fit_variational(flow, target, steps=5, num_samples=32, estimator=estimator, progress=False,
+                    diagnostic_samples=64)
+    assert target.loc.grad is None and torch.equal(target.loc.detach(), LOC)
+    assert all(parameter.grad is not None for parameter in flow.parameters())

@@ -275,7 +275,8 @@ class _Loop:
         rate = self.schedule.apply(run.step)
         loss, samples = self.compute_loss(run.step)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # only the trained parameters get gradients: a log_target's own parameters stay untouched
+        loss.backward(inputs=self.parameters)
         grad_norm = _total_norm(self.parameters, config.clip_grad_norm)
         stop_requested = stop.requested  # read after the work, so a signal during it counts now
         time_up = config.time_limit is not None and time.monotonic() - call_started >= config.time_limit
