@@ -207,3 +207,25 @@ def test_gradients_reach_only_the_trained_parameters() -> None:
     train_loop(model, lambda step: ((model(torch.ones(4, 2)) - outside).square().mean(), 4), config)
     assert outside.grad is None and outside.item() == 1.0
     assert model.weight.grad is not None
+
+
+def test_train_loss_is_a_mean_per_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 330 rows in batches of 100: the last batch of 30 rows counts for 30 rows, not for 100.
+    seen: list[tuple[float, int]] = []
+    original = density_module.losses.negative_log_likelihood
+
+    def recording(flow, x, context=None):
+        loss = original(flow, x, context)
+        seen.append((loss.item(), x.shape[0]))
+        return loss
+
+    monkeypatch.setattr(density_module.losses, "negative_log_likelihood", recording)
+    torch.manual_seed(0)
+    flow = flowkit.realnvp(features=2, transforms=2, hidden_features=8)
+    data = torch.randn(330, 2, generator=torch.Generator().manual_seed(0)) * 2.0
+    result = fit_density(flow, data, epochs=1, batch_size=100, validation_fraction=0.0, learning_rate=0.05,
+                         progress=False)
+    assert [rows for _, rows in seen] == [100, 100, 100, 30]
+    per_row = sum(loss * rows for loss, rows in seen) / 330
+    assert result.history[0]["train_loss"] == pytest.approx(per_row, rel=1e-12)
+    assert abs(per_row - sum(loss for loss, _ in seen) / 4) > 1e-4  # the two means really differ here

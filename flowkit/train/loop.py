@@ -93,8 +93,8 @@ class _Run:
     consecutive_bad: int = 0
     rollbacks: int = 0
     seconds: float = 0.0
-    loss_sum: float = 0.0  # finite step losses since the last record
-    loss_count: int = 0
+    loss_sum: float = 0.0  # finite step losses since the last record, each times its rows
+    loss_count: int = 0  # the rows behind loss_sum: the record's loss is a mean per row
     samples: int = 0
     stopped: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -295,8 +295,8 @@ class _Loop:
         if math.isfinite(loss_value) and math.isfinite(norm_value):
             self.optimizer.step()
             self.guard.commit()
-            run.loss_sum += loss_value
-            run.loss_count += 1
+            run.loss_sum += loss_value * samples
+            run.loss_count += samples
             run.consecutive_bad = 0
         else:  # its forward pass may have written the bad batch into buffers (BatchNorm statistics)
             self.guard.revert()

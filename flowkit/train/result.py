@@ -17,7 +17,9 @@ class FitResult:
     Attributes:
         history: one dict per logged record (an epoch of ``fit_density``, an interval of
             ``fit_variational``) with keys ``step, epoch, train_loss, validation_loss,
-            learning_rate, grad_norm, seconds, samples_per_second, skipped_steps``.
+            learning_rate, grad_norm, seconds, samples_per_second, skipped_steps``;
+            ``train_loss`` is the mean per row (or Monte Carlo sample) over the record's applied
+            steps, in the same units as ``validation_loss``.
         best_validation_loss: lowest validation loss (nats per row), or None without validation.
         best_step: the step whose weights were restored at the end, or None.
         steps: optimiser steps taken in total (including steps before a resume).
