@@ -210,5 +210,76 @@ def test_registry_builds_every_target_and_gradients_flow() -> None:
     assert make_target("gaussian", features=10).features == 10
     with pytest.raises(ValueError, match="unknown target 'nope'"):
         make_target("nope")
-    with pytest.raises(ValueError, match=r"expected x of shape \(n, 2\)"):
+    with pytest.raises(ValueError, match=r"expected x of shape \(\.\.\., 2\)"):
         make_target("u1")(torch.zeros(3, 3))
+
+
+def test_any_batch_shape_dtype_and_device() -> None:
+    for name in TARGETS:
+        target = make_target(name)
+        x = torch.randn(4, 3, target.features, dtype=torch.float64)
+        batched = target(x)
+        assert batched.shape == (4, 3) and batched.dtype == torch.float64, name
+        torch.testing.assert_close(batched.reshape(-1), target.log_prob(x.reshape(-1, target.features)))
+        assert target.log_prob(x[1, 2]).shape == () and target(x[1, 2]).item() == batched[1, 2].item()
+        assert target(torch.zeros(0, target.features)).shape == (0,)
+        # Half precision is computed in float32 and handed back in the input's dtype.
+        half = target(x.half())
+        assert half.dtype == torch.float16, name
+        torch.testing.assert_close(half.double(), target(x.half().double()), atol=0.05, rtol=2e-3)
+        assert target(torch.ones(2, target.features, dtype=torch.long)).dtype == torch.get_default_dtype()
+        if torch.cuda.is_available():  # constants follow the input; the target need not be moved
+            torch.testing.assert_close(target(x.cuda()).cpu(), batched)
+
+
+STEIN_TARGETS = {
+    "gaussian": lambda: CorrelatedGaussian(features=4, seed=2),
+    "funnel": lambda: NealsFunnel(features=3, neck_scale=1.0),
+    "banana": lambda: Banana(features=3, curvature=0.5, first_scale=1.5),
+    "mixture": lambda: GaussianMixture(torch.tensor([[-1.0, 0.5], [1.5, -1.0], [0.0, 2.0]]),
+                                       scales=torch.tensor([0.6, 1.0, 0.8]), weights=torch.tensor([1.0, 2.0, 0.5])),
+}
+
+
+@pytest.mark.parametrize("name", STEIN_TARGETS)
+def test_exact_sampler_draws_from_log_prob(name: str) -> None:
+    # Stein's identity: for x ~ p, E[grad log p(x)] = 0 and E[x grad log p(x)^T] = -I. It ties the
+    # sampler to log_prob (any normalisation), so a sampler of another density breaks it.
+    target = STEIN_TARGETS[name]()
+    count, features = 40_000, target.features
+    x = target.sample(count, generator=torch.Generator().manual_seed(3)).requires_grad_()
+    (score,) = torch.autograd.grad(target(x).sum(), x)
+    values = torch.cat([score, (x[:, :, None] * score[:, None, :]).flatten(1)], dim=1).detach()
+    expected = torch.cat([torch.zeros(features), -torch.eye(features).flatten()]).double()
+    standard_error = values.std(0) / math.sqrt(count)
+    assert bool(((values.mean(0) - expected).abs() < 5 * standard_error + 1e-3).all()), (values.mean(0), expected)
+
+
+@pytest.mark.parametrize("curvature, first_scale", [(0.5, 2.0), (-0.2, 0.7)])
+def test_banana_integrates_to_one_for_other_parameters(curvature: float, first_scale: float) -> None:
+    target = Banana(curvature=curvature, first_scale=first_scale)
+    high = 8 * first_scale
+    bend = abs(curvature) * (high**2 + first_scale**2) + 8
+    assert grid_integral(target, (-high, -bend), (high, bend), points=1601) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("neck_scale", [0.5, 1.5])
+def test_funnel_integrates_to_one_for_other_neck_scales(neck_scale: float) -> None:
+    target = NealsFunnel(features=2, neck_scale=neck_scale)
+    neck = torch.linspace(-10 * neck_scale, 10 * neck_scale, 801, dtype=torch.float64)
+    unit = torch.linspace(-10, 10, 801, dtype=torch.float64)
+    width = torch.exp(neck / 2)
+    x = unit[None, :] * width[:, None]
+    density = target(torch.stack([neck[:, None].expand_as(x), x], dim=-1)).exp()
+    assert torch.trapezoid(torch.trapezoid(density, unit, dim=1) * width, neck).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_covariance_is_symmetrised_and_validated() -> None:
+    nearly = torch.tensor([[2.0, 0.5], [0.5 + 1e-9, 1.0]], dtype=torch.float64)
+    target = CorrelatedGaussian(mean=[0.0, 1.0], covariance=nearly)
+    torch.testing.assert_close(target.covariance, target.covariance.T, rtol=0, atol=0)
+    assert torch.allclose(target.cholesky @ target.cholesky.T, target.covariance, rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match=r"symmetric \(2, 2\) matrix"):
+        CorrelatedGaussian(covariance=torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"mean must have shape \(2,\)"):
+        CorrelatedGaussian(mean=torch.zeros(3), covariance=torch.eye(2))

@@ -1,7 +1,7 @@
 """Unnormalised log-densities to fit a variational flow to, by reverse KL.
 
-Each target is a small ``nn.Module`` whose call maps ``(n, features)`` to ``(n,)`` log-densities
-in torch (so pathwise gradients pass through it), with its ``features`` and, where known, its
+Each target is a small ``nn.Module`` whose call (or ``log_prob``) maps ``(..., features)`` to
+``(...)`` log-densities in torch (so pathwise gradients pass through it), with its ``features`` and, where known, its
 ``log_z`` (the log of ``integral exp(log_prob)``), ``mean``, ``covariance`` and an exact
 ``sample``. Constants are float64 buffers, cast to the input's dtype and device at each call, so a
 target works with float32 and float64 flows alike and moves with ``.to(device)``.
@@ -40,12 +40,24 @@ class Target(nn.Module):
     log_z: float | None = None
 
     def log_prob(self, x: Tensor) -> Tensor:
-        """Unnormalised log-density of each row of ``x``, shape ``(n,)``."""
+        """Log-density of each point of ``x``: shape ``(..., features)`` to ``(...)``.
+
+        Any batch shape works (a single ``(features,)`` point gives a scalar). The result has the
+        input's dtype and device; half precision is computed in float32, integers are read in the
+        default float dtype.
+        """
+        x = torch.as_tensor(x)
+        if x.dim() == 0 or x.shape[-1] != self.features:
+            raise ValueError(f"expected x of shape (..., {self.features}), got {tuple(x.shape)}")
+        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+        work = x.to(torch.promote_types(dtype, torch.float32))
+        return self._log_prob(work.reshape(-1, self.features)).reshape(x.shape[:-1]).to(dtype)
+
+    def _log_prob(self, x: Tensor) -> Tensor:
+        """The log-density of the rows of a ``(n, features)`` tensor, shape ``(n,)``."""
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 2 or x.shape[1] != self.features:
-            raise ValueError(f"expected x of shape (n, {self.features}), got {tuple(x.shape)}")
         return self.log_prob(x)
 
     # Moments and samples are float64 CPU tensors wherever the target's constants live.
@@ -89,6 +101,8 @@ class CorrelatedGaussian(Target):
     def __init__(self, features: int | None = None, mean: Tensor | None = None,
                  covariance: Tensor | None = None, seed: int = 0) -> None:
         super().__init__()
+        mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float64)
+        covariance = None if covariance is None else torch.as_tensor(covariance, dtype=torch.float64)
         given = covariance if covariance is not None else mean
         self.features = int(given.shape[0]) if given is not None else (2 if features is None else features)
         if self.features < 1:
@@ -101,14 +115,14 @@ class CorrelatedGaussian(Target):
                                                       dtype=torch.float64))
             variances = torch.logspace(-1, 1, self.features, dtype=torch.float64)
             covariance = rotation @ torch.diag(variances) @ rotation.T
-        covariance = torch.as_tensor(covariance, dtype=torch.float64)
-        if not torch.allclose(covariance, covariance.T):
-            raise ValueError("covariance must be symmetric")
+        if covariance.shape != (self.features, self.features) or not torch.allclose(covariance, covariance.T):
+            raise ValueError(f"covariance must be a symmetric ({self.features}, {self.features}) matrix")
+        # The Cholesky factor reads one triangle only: symmetrise so the stated covariance is the
+        # one log_prob and the sampler use.
+        covariance = 0.5 * (covariance + covariance.T)
         mean = torch.randn(self.features, generator=generator, dtype=torch.float64) if mean is None else mean
-        mean = torch.as_tensor(mean, dtype=torch.float64)
-        if covariance.shape != (self.features, self.features) or mean.shape != (self.features,):
-            size = self.features
-            raise ValueError(f"mean must be ({size},) and covariance ({size}, {size})")
+        if mean.shape != (self.features,):
+            raise ValueError(f"mean must have shape ({self.features},), got {tuple(mean.shape)}")
         cholesky, info = torch.linalg.cholesky_ex(covariance)
         if int(info) != 0:
             raise ValueError("covariance must be symmetric positive definite")
@@ -116,7 +130,7 @@ class CorrelatedGaussian(Target):
         self.register_buffer("covariance_matrix", covariance)
         self.register_buffer("cholesky", cholesky)
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def _log_prob(self, x: Tensor) -> Tensor:
         cholesky = self.cholesky.to(x)
         whitened = torch.linalg.solve_triangular(cholesky, (x - self.loc.to(x)).T, upper=False)
         log_det = torch.log(torch.diagonal(cholesky)).sum()
@@ -155,7 +169,7 @@ class NealsFunnel(Target):
             raise ValueError(f"a funnel needs at least 2 features, got {features}")
         self.features, self.neck_scale = features, neck_scale
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def _log_prob(self, x: Tensor) -> Tensor:
         neck, rest = x[:, 0], x[:, 1:]
         # log N(x; 0, e^v) = -x^2 e^{-v} / 2 - v / 2 - log sqrt(2 pi), written without exp(v / 2)
         rest_log_prob = -0.5 * (rest.square() * torch.exp(-neck)[:, None] + neck[:, None]) - HALF_LOG_TWO_PI
@@ -202,7 +216,7 @@ class Banana(Target):
         second = x[:, 1] - self.curvature * (x[:, 0].square() - self.first_scale**2)
         return torch.cat([x[:, :1], second[:, None], x[:, 2:]], dim=1)
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def _log_prob(self, x: Tensor) -> Tensor:
         straight = self._untwist(x)
         first = _normal_log_prob(straight[:, 0], self.first_scale)
         return first + _normal_log_prob(straight[:, 1:], 1.0).sum(-1)
@@ -265,7 +279,7 @@ class GaussianMixture(Target):
         angles = torch.arange(components, dtype=torch.float64) * (2 * math.pi / components)
         return cls(radius * torch.stack([angles.cos(), angles.sin()], dim=1), scale)
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def _log_prob(self, x: Tensor) -> Tensor:
         means, scales = self.means.to(x), self.scales.to(x)
         per_component = _normal_log_prob(x[:, None, :] - means, scales).sum(-1)
         return torch.logsumexp(per_component + torch.log(self.weights.to(x)), dim=1)
@@ -329,7 +343,7 @@ class RezendeEnergy(Target):
         branches = torch.stack([(z2 - w1) / 0.4, (z2 - w1 + w3) / 0.35])
         return -torch.logsumexp(-0.5 * branches.square(), dim=0)
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def _log_prob(self, x: Tensor) -> Tensor:
         log_density = -self.energy(x)
         if self.wall is not None:
             outside = F.relu(x.abs() - self.wall)
@@ -388,7 +402,7 @@ class BayesianLogisticRegression(Target):
         self.register_buffer("labels", labels)
         self.true_weights = true_weights
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def _log_prob(self, x: Tensor) -> Tensor:
         logits = x @ self.covariates.to(x).T  # (n, observations)
         log_likelihood = (self.labels.to(x) * logits - F.softplus(logits)).sum(-1)
         return log_likelihood + _normal_log_prob(x, self.prior_scale).sum(-1)
