@@ -88,11 +88,13 @@ def _copy_made(source: nn.Module, target: MaskedAutoregressive) -> None:
             ours.weight.copy_(theirs.weight[order][:, previous])
             ours.bias.copy_(theirs.bias[order])
             previous = order
-        final = source.final_layer
-        if not torch.equal(final.mask[:, previous], target.made.output.mask):
+        # nflows' output units are feature-major (f * P + p), flowkit's parameter-major (p * F + f).
+        final, made = source.final_layer, target.made
+        rows = torch.arange(made.features * made.num_params).view(made.features, made.num_params).t().flatten()
+        if not torch.equal(final.mask[rows][:, previous], made.output.mask):
             raise ValueError("nflows MADE output mask does not match flowkit's")
-        target.made.output.weight.copy_(final.weight[:, previous])
-        target.made.output.bias.copy_(final.bias)
+        made.output.weight.copy_(final.weight[rows][:, previous])
+        made.output.bias.copy_(final.bias[rows])
 
 
 def _convert(transform: nn.Module, features: int) -> Bijector:

@@ -116,9 +116,12 @@ class MADE(nn.Module):
     """Masked autoencoder for distribution estimation (Germain et al., 2015).
 
     Output ``(batch, features, num_params)``: the parameters of feature ``i`` depend only on
-    inputs earlier in the order (lower degree) and on the context. Hidden units are sorted by
+    inputs earlier in the order (lower degree) and on the context. Output units are laid out
+    parameter-major (unit ``p * features + i`` is parameter ``p`` of feature ``i``), so the output
+    is a transposed view whose parameters are each one contiguous block, the layout that the
+    spline functions reduce over fastest. Hidden units are sorted by
     degree (``bounds[layer][d]`` is the slice of units of degree ``d``), so that
-    ``flowkit.bijectors.autoregressive.solve`` can invert an autoregressive transform computing
+    ``flowkit.bijectors.autoregressive_solve`` can invert an autoregressive transform computing
     every unit once.
 
     Args:
@@ -169,7 +172,7 @@ class MADE(nn.Module):
             layers.append(MaskedLinear(previous, hidden_degrees(width, features, context_features)))
             previous = layers[-1].degrees
         self.layers = nn.ModuleList(layers)
-        self.output = MaskedLinear(previous, degrees.repeat_interleave(num_params), strict=True)
+        self.output = MaskedLinear(previous, degrees.repeat(num_params), strict=True)
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
         # Per layer, per degree d: the slice [start, end) of the units of degree d. Static, so
@@ -181,7 +184,13 @@ class MADE(nn.Module):
         for index, layer in enumerate(self.layers):
             a = self.activation(layer(h))
             h = h + a if self.residual and index > 0 else a
-        return self.output(h).view(-1, self.features, self.num_params)
+        return self.output(h).view(-1, self.num_params, self.features).transpose(1, 2)
+
+    def output_by_feature(self) -> tuple[Tensor, Tensor]:
+        """The output layer's weight ``(features, num_params, hidden)`` and bias
+        ``(features, num_params, 1)``, indexed by feature (views)."""
+        weight = self.output.weight.view(self.num_params, self.features, -1).transpose(0, 1)
+        return weight, self.output.bias.view(self.num_params, self.features, 1).transpose(0, 1)
 
 
 def _degree_slice(degrees: Tensor, degree: int) -> tuple[int, int]:

@@ -22,14 +22,16 @@ ordinary_inputs = st.lists(st.floats(-10, 10, allow_nan=False, allow_infinity=Fa
 EXTREME_INPUTS = [0.0, 1e-30, -1e-30, 1e-6, TAIL_BOUND, -TAIL_BOUND, 1e6, -1e6, 1e30, -1e30]
 
 
-def knot_table(params: list[float], dtype: torch.dtype) -> torch.Tensor:
-    return splines.knots_from_params(torch.tensor(params, dtype=dtype), TAIL_BOUND)
+def knots_of(params: list[float], dtype: torch.dtype, batch_dims: int = 1) -> splines.Knots:
+    """The knots of one spline, with ``batch_dims`` size-1 batch dimensions to broadcast."""
+    unconstrained = torch.tensor(params, dtype=dtype).view((-1,) + (1,) * batch_dims)
+    return splines.knots_from_params(unconstrained, TAIL_BOUND)
 
 
-def hard_inputs(table: torch.Tensor, row: int, extra: list[float]) -> torch.Tensor:
-    """The knots of ``row`` (x for forward, y for inverse), their float neighbours, the extreme
-    values and the drawn ones, sorted."""
-    knots = table[row]
+def hard_inputs(knots: torch.Tensor, extra: list[float]) -> torch.Tensor:
+    """The knots (x for forward, y for inverse), their float neighbours, the extreme values and the
+    drawn ones, sorted."""
+    knots = knots.flatten()
     neighbours = torch.cat([torch.nextafter(knots, knots - 1), torch.nextafter(knots, knots + 1)])
     values = torch.cat([knots, neighbours, torch.tensor(EXTREME_INPUTS + extra, dtype=knots.dtype)])
     return values.sort().values
@@ -38,10 +40,10 @@ def hard_inputs(table: torch.Tensor, row: int, extra: list[float]) -> torch.Tens
 def evaluate(params: list[float], inputs: torch.Tensor, dtype: torch.dtype, inverse: bool):
     """Spline outputs and log-dets, and the gradients of their sum w.r.t. inputs and parameters."""
     inputs = inputs.clone().requires_grad_(True)
-    unconstrained = torch.tensor(params, dtype=dtype).expand(len(inputs), -1).clone().requires_grad_(True)
-    table = splines.knots_from_params(unconstrained, TAIL_BOUND)
+    unconstrained = torch.tensor(params, dtype=dtype)[:, None].expand(-1, len(inputs)).clone().requires_grad_(True)
+    knots = splines.knots_from_params(unconstrained, TAIL_BOUND)
     method = splines.spline_inverse if inverse else splines.spline_forward
-    outputs, log_det = method(inputs, table, TAIL_BOUND)
+    outputs, log_det = method(inputs, knots, TAIL_BOUND)
     input_grad, param_grad = torch.autograd.grad(outputs.sum() + log_det.sum(), [inputs, unconstrained])
     return outputs.detach(), log_det.detach(), input_grad, param_grad
 
@@ -56,8 +58,8 @@ def assert_finite(**tensors: torch.Tensor) -> None:
 @settings(max_examples=60, deadline=None)
 @given(params=parameter_vectors, extra=ordinary_inputs)
 def test_finite_and_monotone(dtype: torch.dtype, inverse: bool, params: list[float], extra: list[float]) -> None:
-    table = knot_table(params, dtype)
-    inputs = hard_inputs(table, splines.KNOT_Y if inverse else splines.KNOT_X, extra)
+    knots = knots_of(params, dtype)
+    inputs = hard_inputs(knots.y if inverse else knots.x, extra)
     outputs, log_det, input_grad, param_grad = evaluate(params, inputs, dtype, inverse)
     assert_finite(outputs=outputs, log_det=log_det, input_grad=input_grad, param_grad=param_grad)
     # Monotone up to rounding: where the spline is nearly flat, the rounding of y0 + h * ratio
@@ -73,9 +75,8 @@ def test_finite_and_monotone(dtype: torch.dtype, inverse: bool, params: list[flo
 @settings(max_examples=60, deadline=None)
 @given(params=parameter_vectors, extra=ordinary_inputs)
 def test_invertible(dtype: torch.dtype, params: list[float], extra: list[float]) -> None:
-    table = knot_table(params, dtype)
-    x = hard_inputs(table, splines.KNOT_X, extra)
-    knots = table.expand(len(x), -1, -1)
+    knots = knots_of(params, dtype)
+    x = hard_inputs(knots.x, extra)
     y, log_det = splines.spline_forward(x, knots, TAIL_BOUND)
     x_back, inverse_log_det = splines.spline_inverse(y, knots, TAIL_BOUND)
     assert_finite(y=y, log_det=log_det, x_back=x_back, inverse_log_det=inverse_log_det)
@@ -90,7 +91,7 @@ def test_invertible(dtype: torch.dtype, params: list[float], extra: list[float])
     # move; the slope is taken on both sides (at a knot the log-det's slope jumps between bins).
     around = torch.stack([torch.nextafter(x_back, x_back - 1), x_back, torch.nextafter(x_back, x_back + 1)])
     around.requires_grad_(True)
-    log_det_around = splines.spline_forward(around, knots.expand(3, -1, -1, -1), TAIL_BOUND)[1]
+    log_det_around = splines.spline_forward(around, knots_of(params, dtype, batch_dims=2), TAIL_BOUND)[1]
     (slope,) = torch.autograd.grad(log_det_around.sum(), around)
     log_det_back = log_det_around[1].detach()
     tolerance = 64 * eps * (1 + log_det_back.abs())

@@ -58,17 +58,17 @@ def test_agrees_with_nflows(inverse: bool, scale: float) -> None:
 
 def test_agrees_with_nflows_on_the_knots() -> None:
     _, widths, heights, derivatives = random_problem(batch=1, features=1)
-    table = splines.knots_from_unconstrained(
+    knots = splines.knots_from_unconstrained(
         widths[0, 0], heights[0, 0], derivatives[0, 0], TAIL_BOUND, min_derivative=MIN_DERIVATIVE
     )
-    knots_x = table[splines.KNOT_X]
+    knots_x = knots.x
     expand = lambda t: t[0, 0].expand(len(knots_x), -1)
     ours, our_log_det = flowkit_spline(knots_x, expand(widths), expand(heights), expand(derivatives))
     theirs, their_log_det = nflows_spline(knots_x, expand(widths), expand(heights), expand(derivatives))
     torch.testing.assert_close(ours, theirs, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(our_log_det, their_log_det, atol=1e-10, rtol=1e-10)
     # Knots map to knots: the spline interpolates its table.
-    torch.testing.assert_close(ours, table[splines.KNOT_Y], atol=1e-12, rtol=0)
+    torch.testing.assert_close(ours, knots.y, atol=1e-12, rtol=0)
 
 
 def test_zero_parameters_are_the_identity() -> None:
@@ -140,7 +140,7 @@ def test_log_det_is_log_of_autograd_derivative_on_the_knots(inverse: bool) -> No
     table = splines.knots_from_unconstrained(
         widths[0, 0], heights[0, 0], derivatives[0, 0], TAIL_BOUND, min_derivative=MIN_DERIVATIVE
     )
-    knots = table[splines.KNOT_Y if inverse else splines.KNOT_X].clone().requires_grad_(True)
+    knots = (table.y if inverse else table.x).clone().requires_grad_(True)
     expand = lambda t: t[0, 0].expand(len(knots), -1)
     outputs, log_det = flowkit_spline(knots, expand(widths), expand(heights), expand(derivatives), inverse)
     (derivative,) = torch.autograd.grad(outputs.sum(), knots)
@@ -154,8 +154,7 @@ def test_transformer_layout_and_config() -> None:
     assert RationalQuadraticSpline(**spline.config()).config() == spline.config()
     x = torch.randn(7, 3, dtype=torch.float64)
     params = torch.randn(7, 3, 14, dtype=torch.float64)
-    widths, heights, derivatives = splines.split_params(params, 5)
-    assert derivatives.shape[-1] == 4
+    widths, heights, derivatives = params[..., :5], params[..., 5:10], params[..., 10:]
     expected = splines.rational_quadratic_spline(
         x, widths, heights, derivatives, tail_bound=2.0, min_derivative=1e-4
     )

@@ -71,8 +71,10 @@ class Coupling(Bijector):
 
     def _params(self, x_identity: Tensor, context: Tensor | None) -> Tensor:
         inputs = x_identity if context is None else torch.cat([x_identity, context], dim=-1)
+        # Parameter-major output units, viewed as (batch, transformed, num_params): each parameter
+        # is then a contiguous block, the layout the spline functions reduce over fastest.
         params = self.conditioner(inputs)
-        return params.view(-1, self.num_transformed, self.transformer.num_params)
+        return params.view(-1, self.transformer.num_params, self.num_transformed).transpose(1, 2)
 
     def _couple(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         x_identity = x.index_select(-1, self.identity_index)

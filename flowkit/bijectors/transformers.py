@@ -142,9 +142,11 @@ class RationalQuadraticSpline(Transformer):
         self.min_derivative = min_derivative
         self.num_params = 3 * num_bins - 1
 
-    def _knots(self, params: Tensor) -> Tensor:
+    def _knots(self, params: Tensor) -> splines.Knots:
+        # Bins first (a view): see the layout note in splines.py. Conditioners emit parameters
+        # parameter-major, so after this move each parameter is a contiguous batch-sized block.
         return splines.knots_from_params(
-            params, self.tail_bound, self.min_bin_width, self.min_bin_height, self.min_derivative
+            params.movedim(-1, 0), self.tail_bound, self.min_bin_width, self.min_bin_height, self.min_derivative
         )
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
