@@ -18,8 +18,8 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/flowkit fit datasets/two_moons.csv --flow realnvp --transforms 6 --hidden 64 \
-		--epochs 60 --output out/two_moons.flowkit --plot out/two_moons.png
+	$(BIN)/flowkit --threads 1 fit datasets/two_moons.csv --flow nsf_coupling --transforms 4 --hidden 64 \
+		--batch-size 128 --lr 3e-3 --epochs 60 --output out/two_moons.flowkit --plot out/two_moons.png
 	$(BIN)/flowkit plot out/two_moons.flowkit --layers --output out/two_moons_layers.png
 	$(BIN)/flowkit plot out/two_moons.flowkit --history --output out/two_moons_history.png
 
