@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +32,7 @@ def fit_variational(
     time_limit: float | None = None,
     seed: int = 0,
     device: str | torch.device = "auto",
+    bf16: bool = False,
     checkpoint: str | os.PathLike[str] | None = None,
     resume: bool = False,
     progress: bool | str | None = "auto",
@@ -51,13 +54,15 @@ def fit_variational(
     Args:
         flow: the variational ``Flow``; trained in place and moved to ``device``.
         log_target: unnormalised log-density written in torch, ``(n, features) -> (n,)``
-            (``log_target(x, context)`` when ``context`` is given).
+            (``log_target(x, context)`` when ``context`` is given): a function, or an
+            ``nn.Module`` (or its bound method), which is then moved to ``device`` too. Its own
+            parameters, if any, get no gradient and are not trained.
         steps: optimiser steps.
         num_samples: Monte Carlo samples per step.
         estimator: ``"pathwise"`` (reparameterization), ``"stl"`` or ``"score"``.
         learning_rate, weight_decay, schedule, warmup_steps, clip_grad_norm, time_limit, seed,
-            device, checkpoint, resume, progress, metrics_csv, tensorboard_dir: as in
-            ``fit_density``.
+            device, bf16, checkpoint, resume, progress, metrics_csv, tensorboard_dir: as in
+            ``fit_density`` (``bf16`` autocasts the loss, samples and target included).
         diagnostic_samples: samples for the final diagnostics (0: skip them).
         context: conditioning row(s) for a conditional flow.
         log_every: steps per history record and checkpoint (default ``steps // 20``, 1 to 100).
@@ -85,13 +90,21 @@ def fit_variational(
         raise ValueError(f"steps and num_samples must be positive, got {steps} and {num_samples}")
     place = dist_tools.detect()
     target = dist_tools.resolve_device(device, place)
+    if bf16 and target.type != "cuda":
+        warnings.warn("bf16 autocast is only used on CUDA; training in full precision", stacklevel=2)
+        bf16 = False
     flow.to(target)
+    owner = log_target if isinstance(log_target, nn.Module) else getattr(log_target, "__self__", None)
+    if isinstance(owner, nn.Module):  # its constants must live where the samples are drawn
+        owner.to(target)
     if context is not None:
         context = torch.as_tensor(context, dtype=model_dtype(flow)).to(target)
     interval = log_every or max(1, min(100, steps // 20))
 
     def compute_loss(step: int) -> tuple[Tensor, int]:
-        return reverse_kl_loss(flow, log_target, num_samples, estimator=estimator, context=context), num_samples
+        with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext():
+            loss = reverse_kl_loss(flow, log_target, num_samples, estimator=estimator, context=context)
+        return loss.float() if bf16 else loss, num_samples
 
     # Reverse KL draws its own samples, so there is nothing to shard: under torchrun every rank
     # would run the same fit, and only rank 0 writes (no process group is needed).
