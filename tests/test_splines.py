@@ -56,6 +56,19 @@ def test_agrees_with_nflows(inverse: bool, scale: float) -> None:
     assert our_log_det[inside].abs().min() > 0 or scale < 1, "a non-trivial spline was compared"
 
 
+@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
+def test_agrees_with_nflows_with_unequal_bin_floors(inverse: bool) -> None:
+    inputs, widths, heights, derivatives = random_problem(scale=3.0, seed=5)
+    floors = {"min_bin_width": 0.02, "min_bin_height": 0.05, "min_derivative": MIN_DERIVATIVE}
+    ours = splines.rational_quadratic_spline(inputs, widths, heights, derivatives, inverse=inverse,
+                                             tail_bound=TAIL_BOUND, **floors)
+    theirs = unconstrained_rational_quadratic_spline(
+        inputs, widths, heights, derivatives + splines.derivative_offset(MIN_DERIVATIVE), inverse=inverse,
+        tail_bound=TAIL_BOUND, **floors)
+    for got, want in zip(ours, theirs):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
 def test_agrees_with_nflows_on_the_knots() -> None:
     _, widths, heights, derivatives = random_problem(batch=1, features=1)
     knots = splines.knots_from_unconstrained(
