@@ -187,3 +187,38 @@ def test_a_fit_outside_the_main_thread_installs_no_handlers() -> None:
     thread.join(timeout=60)
     assert results and results[0].stopped == "completed"
     assert signal.getsignal(signal.SIGTERM) is handler
+
+
+def test_runs_cut_by_the_time_limit_resume_into_the_straight_run(tmp_path: Path) -> None:
+    # time_limit=0 stops every call after one step, mid-epoch: each call's result gets its partial
+    # epoch validated, but the checkpoint continues the epoch, so early stopping, the best weights
+    # and the history come out as in one uninterrupted run.
+    train = torch.randn(200, 2, generator=torch.Generator().manual_seed(0)) + 3.0
+    validation = torch.randn(100, 2, generator=torch.Generator().manual_seed(1))
+    options = {"validation_data": validation, "epochs": 8, "batch_size": 50, "learning_rate": 1e-2,
+               "patience": 2, "progress": False}
+
+    def flow(seed: int) -> flowkit.Flow:  # no ActNorm: it starts at N(0, I), the validation data
+        torch.manual_seed(seed)
+        return flowkit.realnvp(features=2, transforms=2, hidden_features=8)
+
+    straight = flow(0)
+    expected = fit_density(straight, train, **options)
+    assert expected.stopped == "early_stopping" and expected.steps < 8 * 4
+
+    checkpoint, calls = tmp_path / "fit.pt", 0
+    while True:
+        result = fit_density(flow(0 if calls == 0 else calls), train, checkpoint=checkpoint, resume=calls > 0,
+                             time_limit=0, **options)
+        calls += 1
+        if result.stopped != "time_limit":
+            break
+        if result.steps % 4:  # a partial epoch: validated for this call only
+            assert result.history[-1]["step"] == result.steps
+    assert calls == expected.steps  # one step per call; the last one stops early itself
+    resumed = flow(99)
+    result = fit_density(resumed, train, checkpoint=checkpoint, resume=True, **options)
+    assert (result.stopped, result.steps, result.best_step) == (expected.stopped, expected.steps, expected.best_step)
+    keys = ("step", "train_loss", "validation_loss", "learning_rate", "grad_norm")
+    assert [[r[k] for k in keys] for r in result.history] == [[r[k] for k in keys] for r in expected.history]
+    assert all(torch.equal(value, straight.state_dict()[key]) for key, value in resumed.state_dict().items())

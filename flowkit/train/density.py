@@ -133,7 +133,8 @@ def fit_density(
         warmup_steps: steps of linear learning-rate warm-up.
         clip_grad_norm: clip the global gradient norm to this (None: no clipping).
         patience: epochs without a better validation loss before stopping (None: never).
-        time_limit: seconds after which this call stops (checked between steps).
+        time_limit: seconds after which this call stops (checked between steps). The partial
+            epoch is validated for this call's result; ``resume`` continues the epoch exactly.
         seed: seeds the split, the shuffles and torch's generator; the same seed gives the same
             parameters bit for bit on CPU.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...

@@ -32,6 +32,7 @@ from flowkit.train.distributed import DistributedContext, all_reduce_sum
 from flowkit.train.guard import BufferGuard, copy_state, is_finite_state
 from flowkit.train.interrupt import StopRequest
 from flowkit.train.progress import Progress
+from flowkit.train.records import RunState, append_record, is_good
 from flowkit.train.result import FitResult
 from flowkit.train.schedule import Schedule, make_optimizer
 
@@ -79,25 +80,6 @@ class LoopConfig:
     checkpoint_interval: float = 60.0
     resume_hint: str = "call the fit again with resume=True"
     fingerprint: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class _Run:
-    """The loop's counters: plain values, so they go into a checkpoint as they are."""
-
-    step: int = 0
-    best_loss: float = math.inf
-    best_step: int | None = None
-    bad_records: int = 0
-    skipped_steps: int = 0
-    consecutive_bad: int = 0
-    rollbacks: int = 0
-    seconds: float = 0.0
-    loss_sum: float = 0.0  # finite step losses since the last record, each times its rows
-    loss_count: int = 0  # the rows behind loss_sum: the record's loss is a mean per row
-    samples: int = 0
-    stopped: str | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _total_norm(parameters: list[nn.Parameter], max_norm: float | None) -> Tensor:
@@ -166,7 +148,7 @@ class _Loop:
         self.optimizer = make_optimizer(self.parameters, config.learning_rate, config.weight_decay)
         self.schedule = Schedule(self.optimizer, config.learning_rate, config.total_steps, config.schedule,
                                  config.warmup_steps)
-        self.run_state = _Run()
+        self.run_state = RunState()
         self.best_state: dict[str, Tensor] | None = None
         self.last_good: dict[str, Any] = {}
         self.path = None if config.checkpoint is None else Path(config.checkpoint)
@@ -201,7 +183,7 @@ class _Loop:
             self.optimizer.load_state_dict(loaded["optimizer"])
             self.schedule.load_state_dict(loaded["schedule"])
             set_rng_state(loaded["rng"], self.device)
-            self.run_state = _Run(**loaded["run"])
+            self.run_state = RunState(**loaded["run"])
             self.best_state, self.last_good = loaded["best_state"], loaded["last_good"]
             if self.run_state.stopped not in ("early_stopping", "diverged"):  # those stay finished
                 self.run_state.stopped = None
@@ -239,7 +221,7 @@ class _Loop:
                         self.skip(progress)
                     progress.update(run.step, loss_value)
                     boundary = run.step % config.steps_per_record == 0 or run.step == config.total_steps
-                    if boundary or time_up:
+                    if boundary:
                         run.seconds = time.monotonic() - started
                         self.close_record(rate, norm_value, time.monotonic() - record_started, progress)
                         record_started = time.monotonic()
@@ -255,6 +237,12 @@ class _Loop:
                 if run.stopped is None:
                     run.stopped = config.end_reason
                     self.save()
+                elif run.stopped == "time_limit" and not boundary:
+                    # Saved mid-record, so a resume continues the record as if never stopped (no
+                    # extra validation, patience count or history row); only this call's result
+                    # gets the partial record, validated.
+                    self.close_record(rate, norm_value, time.monotonic() - record_started, progress)
+                    run.stopped = "time_limit"
                 self.report_end(stop.signal_name, progress)
             if self.best_state is not None and self.validate is not None:
                 self.model.load_state_dict(self.best_state)
@@ -335,10 +323,10 @@ class _Loop:
         # finite steps with an absurd step size: such weights must never be kept or checkpointed
         if not is_finite_state(self.model.state_dict()):
             self.rollback(progress, "non-finite weights")
-        record, improved = _close_record(run, self.validate, rate, grad_norm, seconds, config)
+        record, improved = append_record(run, self.validate, rate, grad_norm, seconds, config.steps_per_record)
         if improved:
             self.best_state = copy_state(self.model)
-        if _is_good(record):
+        if is_good(record):
             self.last_good = self.snapshot()
         progress.record(record)
         if config.patience is not None and self.validate is not None and run.bad_records >= config.patience:
@@ -359,43 +347,3 @@ class _Loop:
         if run.stopped == "diverged":
             progress.message(f"stopped at step {run.step}: training stayed non-finite after "
                              f"{run.rollbacks} roll-backs")
-
-
-def _close_record(
-    run: _Run,
-    validate: Callable[[], float] | None,
-    rate: float,
-    grad_norm: float,
-    seconds: float,
-    config: LoopConfig,
-) -> tuple[dict[str, Any], bool]:
-    """End a record: validate, update the best and patience counters, append to the history.
-
-    Returns the record and whether the validation loss improved on the best so far.
-    """
-    validation = float(validate()) if validate is not None else None
-    improved = validation is not None and math.isfinite(validation) and validation < run.best_loss
-    if improved:
-        run.best_loss, run.best_step, run.bad_records = validation, run.step, 0
-    elif validation is not None:
-        run.bad_records += 1
-    record = {
-        "step": run.step,
-        "epoch": math.ceil(run.step / config.steps_per_record),
-        "train_loss": run.loss_sum / run.loss_count if run.loss_count else None,
-        "validation_loss": validation,
-        "learning_rate": rate,
-        "grad_norm": grad_norm,
-        "seconds": run.seconds,
-        "samples_per_second": run.samples / seconds if seconds > 0 else None,
-        "skipped_steps": run.skipped_steps,
-    }
-    run.history.append(record)
-    run.loss_sum, run.loss_count, run.samples = 0.0, 0, 0
-    return record, improved
-
-
-def _is_good(record: dict[str, Any]) -> bool:
-    """Whether the weights after this record are a safe place to roll back to."""
-    losses = [record["train_loss"], record["validation_loss"]]
-    return record["train_loss"] is not None and all(v is None or math.isfinite(v) for v in losses)
