@@ -229,3 +229,11 @@ def test_train_loss_is_a_mean_per_row(monkeypatch: pytest.MonkeyPatch) -> None:
     per_row = sum(loss * rows for loss, rows in seen) / 330
     assert result.history[0]["train_loss"] == pytest.approx(per_row, rel=1e-12)
     assert abs(per_row - sum(loss for loss, _ in seen) / 4) > 1e-4  # the two means really differ here
+
+
+def test_an_infinite_buffer_is_not_mistaken_for_bad_weights() -> None:
+    model = torch.nn.Linear(2, 1)
+    model.register_buffer("sentinel", torch.tensor(math.inf))  # a generic model's own business
+    config = LoopConfig(total_steps=4, steps_per_record=2, learning_rate=0.01, progress=False)
+    result = train_loop(model, lambda step: (model(torch.ones(4, 2)).square().mean(), 4), config)
+    assert result.stopped == "completed" and result.rollbacks == 0 and result.skipped_steps == 0

@@ -66,14 +66,21 @@ def copy_state(model: nn.Module) -> dict[str, Tensor]:
     return {key: value.detach().clone() for key, value in model.state_dict().items()}
 
 
-def is_finite_state(state: dict[str, Tensor]) -> bool:
-    """Whether every floating-point tensor of a state dict is finite (one device sync).
+def parameters_finite(model: nn.Module) -> bool:
+    """Whether every parameter of ``model`` is finite (one device sync).
+
+    Buffers are not checked: a generic model may keep an infinite sentinel in one, and the
+    buffers a training step writes are guarded by ``BufferGuard``.
 
     Example:
         >>> import torch
-        >>> is_finite_state({"a": torch.ones(2), "b": torch.tensor([1.0, float("inf")])})
+        >>> model = torch.nn.Linear(2, 1)
+        >>> parameters_finite(model)
+        True
+        >>> with torch.no_grad():
+        ...     _ = model.bias.fill_(float("inf"))
+        >>> parameters_finite(model)
         False
     """
-    flags = [torch.isfinite(value).all() for value in state.values()
-             if isinstance(value, Tensor) and value.is_floating_point()]
+    flags = [torch.isfinite(parameter).all() for parameter in model.parameters() if parameter.is_floating_point()]
     return bool(torch.stack(flags).all()) if flags else True

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from flowkit.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, warn_if_changed
 from flowkit.train.distributed import DistributedContext, all_reduce_sum
-from flowkit.train.guard import BufferGuard, copy_state, is_finite_state
+from flowkit.train.guard import BufferGuard, copy_state, parameters_finite
 from flowkit.train.interrupt import StopRequest
 from flowkit.train.progress import Progress
 from flowkit.train.records import RunState, append_record, is_good
@@ -191,8 +191,8 @@ class _Loop:
             return
         if initialize is not None:
             initialize()
-        if not is_finite_state(self.model.state_dict()):
-            raise ValueError("the model has NaN or Inf weights or buffers before training")
+        if not parameters_finite(self.model):
+            raise ValueError("the model has NaN or Inf weights before training")
         self.guard.commit()
         self.last_good = self.snapshot()
 
@@ -321,7 +321,7 @@ class _Loop:
         """End a record: validate, keep the best and last good weights, log, check patience."""
         run, config = self.run_state, self.config
         # finite steps with an absurd step size: such weights must never be kept or checkpointed
-        if not is_finite_state(self.model.state_dict()):
+        if not parameters_finite(self.model):
             self.rollback(progress, "non-finite weights")
         record, improved = append_record(run, self.validate, rate, grad_norm, seconds, config.steps_per_record)
         if improved:
