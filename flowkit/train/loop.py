@@ -212,8 +212,10 @@ class _Loop:
             run = self.run_state
             progress = Progress(config.total_steps, config.progress, config.metrics_csv, config.tensorboard_dir,
                                 initial_step=run.step, history=run.history, enabled=self.writes, stream=stream)
-            started = time.monotonic() - run.seconds  # history seconds add up over resumes
-            call_started = record_started = time.monotonic()  # the time limit is per call
+            call_started = time.monotonic()  # the time limit is per call
+            started = call_started - run.seconds  # history seconds add up over resumes
+            # a record resumed mid-way already ran for a while: its samples per second count it
+            record_started = started + (run.history[-1]["seconds"] if run.history else 0.0)
             with StopRequest() as stop, progress:
                 while run.stopped is None and run.step < config.total_steps:
                     rate, loss_value, norm_value, stop_requested, time_up = self.step(stop, call_started)
