@@ -201,8 +201,7 @@ def score(model, data, output, batch_size) -> None:
     table = read_table(data)
     values = table.values
     if standardizer is not None:
-        standardizer.check_columns(table)
-        values = standardizer.transform(values)
+        values = standardizer.transform(standardizer.align(table))
     elif values.shape[1] != flow.features:
         raise DataError(f"the model expects {flow.features} columns, the data has {values.shape[1]}")
     dtype = next(flow.parameters()).dtype
@@ -269,7 +268,9 @@ def plot(model, data, output, layers, history) -> None:
         raise DataError("give DATA to draw beside the model (or --layers)")
     table = read_table(data)
     if standardizer is not None:
-        standardizer.check_columns(table)
+        table = Table(standardizer.align(table), standardizer.columns)
+    elif table.values.shape[1] != flow.features:
+        raise DataError(f"the model expects {flow.features} columns, the data has {table.values.shape[1]}")
     else:
         standardizer = Standardizer(np.zeros(flow.features), np.ones(flow.features), table.columns)
     write_fit_picture(flow, table, standardizer, Path(output), Path(data).stem)

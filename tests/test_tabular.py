@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from flowkit.data.tabular import DataError, Standardizer, read_table
+from flowkit.data.tabular import DataError, Standardizer, discrete_columns, read_table
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -80,3 +81,92 @@ def test_standardizer_round_trip_and_constant_column(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="constant column\\(s\\) 'b'"):
         Standardizer.fit(read_table(write(tmp_path, "c.csv", "a,b\n1,5\n2,5\n")))
 
+
+
+@pytest.mark.parametrize("name, content", [
+    ("utf16.csv", "a,b\n1,2\n3,4.5\n".encode("utf-16")),  # Excel's "Unicode text", with its byte-order mark
+    ("comments.csv", b"# written by numpy.savetxt\na,b\n1,2\n# a note\n3,4.5\n"),
+    ("trailing.csv", b"a,b,\n1,2,\n3,4.5,\n"),  # a delimiter ending every line is not an extra column
+    ("excel.csv", b"a,b\n1,2\n3,4.5\n,\n,\n"),  # rows of empty cells are blank lines
+    ("semicolon.txt", b"a;b\n1;2\n3;4.5\n"),
+    ("quoted.csv", b'"a","b"\n"1","2"\n"3","4.5"\n'),
+    ("table.npy.csv", None),  # a .npy under another name is recognised by its content
+])
+def test_reads_more_formats(tmp_path: Path, name: str, content: bytes | None) -> None:
+    path = tmp_path / name
+    if content is None:
+        with open(path, "wb") as handle:
+            np.save(handle, np.array([[1, 2], [3, 4.5]]))
+    else:
+        path.write_bytes(content)
+    table = read_table(path)
+    np.testing.assert_array_equal(table.values, [[1, 2], [3, 4.5]])
+    assert table.columns in (["a", "b"], ["x0", "x1"])
+
+
+@pytest.mark.parametrize("text, message", [
+    # A first row mixing numbers and text is data with a bad cell; taken for a header it would
+    # silently drop a row and name columns "1" and "NA".
+    ("1,NA\n3,4\n5,6\n", r"line 1, column 'x1': non-numeric value 'NA' \(a header row needs"),
+    ("1,\n3,4\n", r"line 1, column 'x1': missing value"),
+    ("a,,c\n1,2,3\n", r"the header has no name for column 2"),
+    ("a,b\n1_000,2\n", r"non-numeric value '1_000'"),  # Python's float() would take it
+    ("a,b\n\u0661\u0662,2\n", r"non-numeric value"),  # Arabic-Indic digits, also taken by float()
+    ("a;b\n1,5;2,5\n", r"'1,5' \(decimal commas are not read"),
+    ("a,b\n1,2\n3,-Infinity\n", r"line 3, column 'b': non-finite value '-Infinity'"),
+])
+def test_more_bad_text_files(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(DataError, match=message) as error:
+        read_table(write(tmp_path, "bad.csv", text))
+    assert "\n" not in str(error.value)
+
+
+def test_bad_binary_inputs_get_a_reason(tmp_path: Path) -> None:
+    def refused(name: str, content: bytes | None = None, array: np.ndarray | None = None) -> str:
+        path = tmp_path / name
+        if array is not None:
+            with open(path, "wb") as handle:
+                np.save(handle, array)
+        else:
+            path.write_bytes(content)
+        with pytest.raises(DataError) as error:
+            read_table(path)
+        return str(error.value)
+
+    np.savez(tmp_path / "arrays.npz", a=np.ones((3, 2)))
+    assert "zip archive (.npz?)" in refused("arrays.npz", (tmp_path / "arrays.npz").read_bytes())
+    assert "zip archive (.npz?)" in refused("renamed.npy", (tmp_path / "arrays.npz").read_bytes())
+    assert "not a .npy file" in refused("text.npy", b"1,2\n3,4\n")
+    assert "binary file" in refused("bin.csv", b"1,2\n\x00\x01\x02")
+    assert "not UTF-8 text (byte 0xe9 at offset 4)" in refused("latin1.csv", "temp\xe9,b\n1,2\n".encode("latin-1"))
+    assert "of complex128" in refused("complex.npy", array=np.ones((3, 2), dtype=complex))
+    assert "got shape (3, 0)" in refused("no_columns.npy", array=np.ones((3, 0)))
+    # A header that promises 80 TB must be refused without trying to allocate it.
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**9, 10**4)})
+    assert "truncated" in refused("bomb.npy", header.getvalue() + bytes(64))
+
+
+def test_bool_and_integer_arrays_are_numbers(tmp_path: Path) -> None:
+    np.save(tmp_path / "b.npy", np.array([[True, False], [False, False]]))
+    np.testing.assert_array_equal(read_table(tmp_path / "b.npy").values, [[1, 0], [0, 0]])
+
+
+def test_align_matches_columns_by_name(tmp_path: Path) -> None:
+    standardizer = Standardizer(np.zeros(2), np.ones(2), ["a", "b"])
+    reordered = read_table(write(tmp_path, "r.csv", "b,a\n2,1\n4,3\n"))
+    np.testing.assert_array_equal(standardizer.align(reordered), [[1, 2], [3, 4]])
+    headerless = read_table(write(tmp_path, "h.csv", "2,1\n4,3\n"))
+    np.testing.assert_array_equal(standardizer.align(headerless), [[2, 1], [4, 3]])
+    unnamed_model = Standardizer(np.zeros(2), np.ones(2), ["x0", "x1"])  # fitted on a file without header
+    np.testing.assert_array_equal(unnamed_model.align(reordered), [[2, 1], [4, 3]])
+    with pytest.raises(DataError, match="missing 'b'; unexpected 'c'"):
+        standardizer.align(read_table(write(tmp_path, "c.csv", "a,c\n1,2\n")))
+    with pytest.raises(DataError, match="expects 2 columns, the data has 3"):
+        standardizer.align(read_table(write(tmp_path, "w.csv", "a,b,c\n1,2,3\n")))
+
+
+def test_discrete_columns_are_whole_numbers_that_repeat(tmp_path: Path) -> None:
+    rows = "\n".join(f"{i % 3},{i},{i * 0.5},{i % 2}" for i in range(10))
+    table = read_table(write(tmp_path, "d.csv", "few,many,half,flag\n" + rows + "\n"))
+    assert discrete_columns(table) == ["few", "flag"]

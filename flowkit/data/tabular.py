@@ -7,8 +7,10 @@ Every problem with a file raises ``DataError`` with one line that says what is w
 
 from __future__ import annotations
 
+import codecs
 import csv
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,26 +29,47 @@ class Table:
     columns: list[str]
 
 
+NUMPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+DELIMITERS = (",", "\t", ";")
+NON_FINITE = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
+DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+")
+
+
 def _parse_float(text: str) -> float | None:
+    """The number in a field, or None. Python's float() also takes '1_000' and non-ASCII digits
+    ('١٢'), which no data file means as numbers; those are refused."""
+    if not text.isascii() or "_" in text:
+        return None
     try:
         return float(text)
     except ValueError:
         return None
 
 
-def _sniff_delimiter(sample: str, suffix: str) -> str | None:
-    """The field delimiter; None means runs of whitespace."""
+def _sniff_delimiter(lines: list[str], suffix: str) -> str | None:
+    """The field delimiter; None means runs of whitespace.
+
+    The first delimiter that splits the opening lines into the same number (> 1) of fields wins,
+    so semicolon files with decimal commas ('1,5;2,5') are read as semicolon files.
+    """
     if suffix == ".tsv":
         return "\t"
-    first = next((line for line in sample.splitlines() if line.strip()), "")
-    for delimiter in (",", "\t", ";"):
-        if delimiter in first:
+    sample = lines[:50]
+    for delimiter in DELIMITERS:
+        counts = {len(row) for row in csv.reader(sample, delimiter=delimiter)}
+        if len(counts) == 1 and counts.pop() > 1:
             return delimiter
-    return None
+    first = sample[0] if sample else ""
+    return next((delimiter for delimiter in DELIMITERS if delimiter in first), None)
 
 
 def read_table(path: str | Path) -> Table:
     """Read a numeric table from CSV/TSV/text (optional header row) or a 2-D ``.npy`` array.
+
+    Text may be UTF-8 (with or without a byte-order mark) or UTF-16 with a byte-order mark; lines
+    starting with ``#`` are comments. The first row is a header when none of its fields is a
+    number. A ``.npy`` file is recognised by its content, whatever its name, and is never unpickled.
 
     Raises:
         DataError: missing or unreadable file, no data rows, ragged rows, a non-numeric,
@@ -64,26 +87,58 @@ def read_table(path: str | Path) -> Table:
         raise DataError(f"{path}: is a directory, not a data file")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    if path.suffix == ".npy":
-        return _read_npy(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (UnicodeDecodeError, OSError) as error:
-        raise DataError(f"{path}: cannot read as text ({error.__class__.__name__})") from None
-    delimiter = _sniff_delimiter(text[:65536], path.suffix.lower())
-    if delimiter is None:
-        rows = [line.split() for line in text.splitlines()]
+        raw = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror or error.__class__.__name__})") from None
+    if raw.startswith(NUMPY_MAGIC):
+        return _read_npy(path)
+    if raw.startswith(ZIP_MAGIC):
+        raise DataError(f"{path}: a zip archive (.npz?), not a table; save the one array with numpy.save as .npy")
+    if path.suffix.lower() == ".npy":
+        raise DataError(f"{path}: not a .npy file (it does not start with NumPy's header)")
+    return _parse_text(path, _decode(path, raw))
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # e.g. Excel's "Unicode text"
+        encoding = "UTF-16"
+    elif b"\x00" in raw[:65536]:  # text tables never hold NUL bytes; binary files nearly always do
+        raise DataError(f"{path}: a binary file, not a text table")
     else:
-        rows = [[field.strip() for field in row] for row in csv.reader(text.splitlines(), delimiter=delimiter)]
-    numbered = [(index + 1, row) for index, row in enumerate(rows) if any(field for field in row)]
+        encoding = "UTF-8"
+    try:
+        return raw.decode("utf-16" if encoding == "UTF-16" else "utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not {encoding} text (byte {raw[error.start]:#04x} at offset {error.start}); "
+                        "save it as UTF-8") from None
+
+
+def _parse_text(path: Path, text: str) -> Table:
+    kept = [(number, line) for number, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.lstrip().startswith("#")]
+    delimiter = _sniff_delimiter([line for _, line in kept], path.suffix.lower())
+    if delimiter is None:
+        split = [line.split() for _, line in kept]
+    else:
+        split = [[field.strip() for field in row]
+                 for row in csv.reader((line for _, line in kept), delimiter=delimiter)]
+    numbered = [(number, row) for (number, _), row in zip(kept, split) if any(row)]  # ",,," is a blank line
     if not numbered:
         raise DataError(f"{path}: the file is empty")
+    if all(len(row) > 1 and row[-1] == "" for _, row in numbered):  # a delimiter ending every line
+        numbered = [(number, row[:-1]) for number, row in numbered]
     header_line, first = numbered[0]
-    if any(_parse_float(field) is None for field in first):
+    if all(_parse_float(field) is None for field in first):
         columns, body = first, numbered[1:]
+        if "" in columns:
+            raise DataError(f"{path}: line {header_line}: the header has no name for column "
+                            f"{columns.index('') + 1}")
         if len(set(columns)) != len(columns):
             raise DataError(f"{path}: duplicate column names in the header")
     else:
+        # A first row mixing numbers and text is data with a bad cell, not a header: taking it
+        # for one would silently drop a row and name columns after numbers.
         columns, body = [f"x{i}" for i in range(len(first))], numbered
     if not body:
         raise DataError(f"{path}: no data rows (only a header)")
@@ -93,24 +148,41 @@ def read_table(path: str | Path) -> Table:
         if len(row) != width:
             raise DataError(f"{path}: line {line} has {len(row)} fields, expected {width}")
         for column, field in enumerate(row):
-            number = _parse_float(field) if field else None
+            number = _parse_float(field)
             if number is None or not math.isfinite(number):
-                what = "missing value" if not field else f"non-numeric value {field!r}" if number is None \
-                    else f"non-finite value {field!r}"
-                raise DataError(f"{path}: line {line}, column {columns[column]!r}: {what}")
+                raise DataError(f"{path}: line {line}, column {columns[column]!r}: {_describe(field, number)}"
+                                + (" (a header row needs a non-numeric name for every column)"
+                                   if line == header_line and number is None and field else ""))
             values[out_row, column] = number
     return Table(values, list(columns))
 
 
+def _describe(field: str, number: float | None) -> str:
+    if not field:
+        return "missing value"
+    if number is not None or field.lower() in NON_FINITE:
+        return f"non-finite value {field!r}"
+    if DECIMAL_COMMA.fullmatch(field):
+        return f"non-numeric value {field!r} (decimal commas are not read; use '.' as the decimal mark)"
+    return f"non-numeric value {field!r}"
+
+
 def _read_npy(path: Path) -> Table:
     try:
-        array = np.load(path, allow_pickle=False)
+        # Memory-mapped, so a header promising more data than the file holds fails at once
+        # instead of allocating it; object arrays (pickles) are refused, never loaded.
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
-        raise DataError(f"{path}: not a readable .npy array ({str(error).splitlines()[0]})") from None
-    if array.ndim != 2 or array.shape[0] == 0 or not np.issubdtype(array.dtype, np.number):
-        raise DataError(f"{path}: expected a non-empty 2-D numeric array, got shape {array.shape} "
-                        f"of {array.dtype}")
-    array = array.astype(np.float64)
+        reason = str(error).splitlines()[0]
+        if "mmap length" in reason:
+            reason = "truncated: the file holds less data than its header declares"
+        raise DataError(f"{path}: not a readable .npy array ({reason})") from None
+    # b: bool, i/u: integers, f: floats; complex, text, dates and records have no place in a density.
+    if mapped.ndim != 2 or 0 in mapped.shape or mapped.dtype.kind not in "biuf":
+        raise DataError(f"{path}: expected a non-empty 2-D numeric array, got shape {mapped.shape} "
+                        f"of {mapped.dtype}")
+    array = np.array(mapped, dtype=np.float64)
+    del mapped
     bad = np.argwhere(~np.isfinite(array))
     if len(bad):
         row, column = bad[0]
@@ -154,13 +226,38 @@ class Standardizer:
     def inverse(self, values: np.ndarray) -> np.ndarray:
         return values * self.std + self.mean
 
-    def check_columns(self, table: Table) -> None:
-        """Refuse a table whose columns differ from the ones the model was fitted on."""
+    def align(self, table: Table) -> np.ndarray:
+        """The table's values with its columns in the model's order.
+
+        Columns are matched by name when both sides have real names (so a reordered table still
+        scores correctly); a table or model without a header row only has to have as many columns.
+        """
         if table.values.shape[1] != len(self.columns):
             raise DataError(f"the model expects {len(self.columns)} columns, the data has "
                             f"{table.values.shape[1]}")
-        generated = all(name == f"x{i}" for i, name in enumerate(table.columns))
-        if not generated and table.columns != self.columns:
-            raise DataError(f"column names differ from the model's: expected {self.columns}, "
-                            f"got {table.columns}")
+        if _generated(table.columns) or _generated(self.columns) or table.columns == self.columns:
+            return table.values
+        missing = [name for name in self.columns if name not in table.columns]
+        unexpected = [name for name in table.columns if name not in self.columns]
+        if missing or unexpected:
+            differences = [f"{what} {', '.join(map(repr, names))}"
+                           for what, names in (("missing", missing), ("unexpected", unexpected)) if names]
+            raise DataError(f"column names differ from the model's: {'; '.join(differences)}")
+        return table.values[:, [table.columns.index(name) for name in self.columns]]
 
+
+def _generated(columns: list[str]) -> bool:
+    """Whether these are the names given to a table without a header row."""
+    return all(name == f"x{i}" for i, name in enumerate(columns))
+
+
+def discrete_columns(table: Table) -> list[str]:
+    """Columns of whole numbers whose values repeat (at most half as many distinct values as rows).
+
+    A continuous density fitted to them can pile its mass into spikes on those values, so its
+    likelihood keeps rising without describing the data better; callers warn about them.
+    """
+    values = table.values
+    whole = np.all(values == np.round(values), axis=0)
+    return [name for index, name in enumerate(table.columns)
+            if whole[index] and len(np.unique(values[:, index])) <= len(values) // 2]
