@@ -141,16 +141,62 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"
                              f"(this flowkit reads version {VERSION})")
     try:
         config = json.loads(archive["config"])
-        flow = build(**config).to(getattr(torch, archive.get("dtype", "float32")))
-        flow.load_state_dict(archive["state_dict"])
+        if not isinstance(config, dict):
+            raise ValueError("its config is not a JSON object")
+        state = archive["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+            raise ValueError("its weights are not a mapping of names to tensors")
+        flow = build(**config).to(_float_dtype(archive.get("dtype", "float32")))
+        _check_weights(flow, state, config.get("preset"))
+        flow.load_state_dict(state)
         metadata = json.loads(archive.get("metadata", "{}"))
+        if not isinstance(metadata, dict):
+            raise ValueError("its metadata is not a JSON object")
+        standardizer = _preprocessing(archive.get("preprocessing"), flow.features)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        reason = str(error).strip().splitlines()[0][:160]
+        reason = " ".join(str(error).split())[:200]
         raise ModelFileError(f"{path}: corrupt flowkit model file ({reason})") from None
     flow.config = config
     flow.eval()
-    standardizer = None
-    if "preprocessing" in archive:
-        pre = archive["preprocessing"]
-        standardizer = Standardizer(pre["mean"].numpy(), pre["std"].numpy(), list(pre["columns"]))
     return flow, standardizer, metadata
+
+
+def _float_dtype(name: Any) -> torch.dtype:
+    if name not in ("float16", "bfloat16", "float32", "float64"):
+        raise ValueError(f"unknown weight type {name!r}")
+    return getattr(torch, name)
+
+
+def _check_weights(flow: Flow, state: dict[str, torch.Tensor], preset: str | None) -> None:
+    """Weights that fit the architecture: finite, with the same names and shapes. Says what differs
+    where ``load_state_dict`` would say only that something does (on lines of its own)."""
+    expected = {name: tuple(value.shape) for name, value in flow.state_dict().items()}
+    found = {name: tuple(value.shape) for name, value in state.items()}
+    problems = [f"no {name}" for name in expected if name not in found]
+    problems += [f"unexpected {name}" for name in found if name not in expected]
+    problems += [f"{name} has shape {found[name]}, expected {expected[name]}"
+                 for name in expected if name in found and found[name] != expected[name]]
+    if problems:
+        more = f" (and {len(problems) - 1} more differences)" if len(problems) > 1 else ""
+        raise ValueError(f"its weights do not fit the {preset} architecture it describes: {problems[0]}{more}")
+    # A NaN or Inf weight never comes from training (those steps are refused); it means damage.
+    broken = [name for name, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken:
+        raise ValueError(f"non-finite weights in {broken[0]}")
+
+
+def _preprocessing(preprocessing: Any, features: int) -> Standardizer | None:
+    """The standardisation stored with the model, checked against the model's features."""
+    if preprocessing is None:
+        return None
+    columns, mean, std = preprocessing["columns"], preprocessing["mean"], preprocessing["std"]
+    if not (isinstance(columns, list) and len(columns) == features and all(isinstance(c, str) for c in columns)
+            and len(set(columns)) == features):
+        raise ValueError(f"its column names are not {features} distinct names")
+    for name, values in (("mean", mean), ("std", std)):
+        if not isinstance(values, torch.Tensor) or tuple(values.shape) != (features,) \
+                or not torch.isfinite(values).all():
+            raise ValueError(f"its standardisation {name} is not {features} finite numbers")
+    if not (std > 0).all():
+        raise ValueError("its standardisation std is not positive")
+    return Standardizer(mean.double().numpy(), std.double().numpy(), list(columns))

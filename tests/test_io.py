@@ -82,3 +82,31 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> 
     with pytest.raises(RuntimeError):
         atomic_write(target, fail)
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.flowkit"]
+
+
+def test_refuses_damaged_contents_with_a_reason(tmp_path: Path) -> None:
+    """Archives that load as plain values but do not make a usable model: each is refused on
+    loading with one line, instead of a traceback or NaNs later in sample/score/info."""
+    good = tmp_path / "good.flowkit"
+    standardizer = Standardizer(np.zeros(2), np.ones(2), ["a", "b"])
+    save_model(good, flowkit.realnvp(2, transforms=1), standardizer, {"rows": 3})
+    archive = torch.load(good, weights_only=True)
+    other = flowkit.maf(2, transforms=1, hidden_features=8)
+    nan_weights = {k: v * float("nan") if v.is_floating_point() else v for k, v in archive["state_dict"].items()}
+    preprocessing = archive["preprocessing"]
+    damaged = {
+        "dtype": ({"dtype": "nope"}, "unknown weight type 'nope'"),
+        "config": ({"config": "[1, 2]"}, "config is not a JSON object"),
+        "other-flow": ({"state_dict": other.state_dict()}, "weights do not fit the realnvp architecture it describes"),
+        "nan-weights": ({"state_dict": nan_weights}, "non-finite weights"),
+        "metadata": ({"metadata": "[1]"}, "metadata is not a JSON object"),
+        "no-mean": ({"preprocessing": {"columns": ["a", "b"]}}, "corrupt flowkit model file"),
+        "columns": ({"preprocessing": {**preprocessing, "columns": ["a"]}}, "column names are not 2 distinct names"),
+        "mean": ({"preprocessing": {**preprocessing, "mean": torch.zeros(3)}}, "mean is not 2 finite numbers"),
+        "std": ({"preprocessing": {**preprocessing, "std": torch.zeros(2)}}, "std is not positive"),
+    }
+    for name, (change, message) in damaged.items():
+        torch.save({**archive, **change}, tmp_path / name)
+        with pytest.raises(ModelFileError, match=message) as error:
+            load_model(tmp_path / name)
+        assert "\n" not in str(error.value) and str(error.value).startswith(str(tmp_path / name))
