@@ -1,14 +1,17 @@
 """``flowkit``: fit, sample, score, plot and inspect density models of tabular data.
 
-Bad input ends with one line on stderr (``error: ...``) and exit status 1; nothing already on
-disk is overwritten unless the command succeeds, since every output is written atomically.
+Bad input ends with one line on stderr (``error: ...``) and exit status 1 (2 for a bad option or
+argument); nothing already on disk is overwritten unless the command succeeds, since every output
+is written atomically, and no output may overwrite an input or another output.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import os
 import sys
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 
@@ -16,12 +19,52 @@ import click
 import numpy as np
 import torch
 
-from flowkit.data.tabular import DataError, Standardizer, Table, read_table
+from flowkit.data.tabular import DataError, Standardizer, Table, discrete_columns, read_table
 from flowkit.data.toys import TOYS, make_toy
 from flowkit.io import ModelFileError, load_model, save_model, save_table
 from flowkit.presets import PRESETS, build
 
 INTERRUPTED = 130  # the shell's convention for a run ended by SIGINT
+
+
+class OneLineError(click.ClickException):
+    """A usage error shown as flowkit shows every error: one ``error:`` line, not click's three."""
+
+    exit_code = 2  # the convention for bad usage, as click and argparse use
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class Group(click.Group):
+    """The ``flowkit`` group: bad options and arguments get one line on stderr (plus a pointer to
+    ``--help``) instead of click's usage block, like every other error."""
+
+    def make_context(self, *args, **kwargs):
+        with one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with one_line_usage_errors():
+            return super().invoke(ctx)
+
+
+@contextmanager
+def one_line_usage_errors():
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:  # a bare `flowkit` shows the help, as it should
+        raise
+    except click.UsageError as error:
+        hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx is not None else ""
+        raise OneLineError(error.format_message() + hint) from None
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line: some messages (torch's) end a first line with a colon and
+    put the substance on the next ones."""
+    text = " ".join(str(error).split()) or error.__class__.__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def clean_errors(command):
@@ -31,12 +74,57 @@ def clean_errors(command):
     def run(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except BrokenPipeError:
+            raise  # the reader went away (`flowkit sample ... | head`): click exits quietly
+        except MemoryError:
+            click.echo("error: out of memory (try a smaller --batch-size or fewer rows)", err=True)
+            sys.exit(1)
         except (DataError, ModelFileError, ValueError, OSError) as error:
-            message = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-            click.echo(f"error: {message}", err=True)
+            click.echo(f"error: {one_line(error)}", err=True)
             sys.exit(1)
 
     return run
+
+
+def check_outputs(inputs: dict[str, str | Path | None], outputs: dict[str, str | Path | None]) -> None:
+    """Refuse, before any work, outputs that would overwrite an input or each other, and outputs
+    whose folder cannot be written (rather than failing after a long fit)."""
+    seen: dict[Path, str] = {}
+    for role, path in inputs.items():
+        if path is not None:
+            seen.setdefault(Path(path).resolve(), role)
+    for role, path in outputs.items():
+        if path is None:
+            continue
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise DataError(f"{path}: is both the {seen[resolved]} and the {role}; give another name")
+        seen[resolved] = role
+        folder = resolved.parent
+        while not folder.exists():  # atomic_write creates missing folders; check the first that exists
+            folder = folder.parent
+        if not folder.is_dir():
+            raise DataError(f"{path}: cannot write the {role} there ({folder} is not a folder)")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise DataError(f"{path}: cannot write the {role} there (no permission to write in {folder})")
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have, with a line rather than torch's traceback."""
+    if device == "auto":
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise DataError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (parsed.index or 0) >= count:
+            raise DataError(f"device {device!r} is not available (this machine has {count} CUDA device(s))")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise DataError(f"device {device!r} is not available on this machine")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise DataError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
 
 
 def load_data(source: str, toy_samples: int, seed: int) -> tuple[Table, str]:
@@ -65,7 +153,7 @@ def parse_hidden(text: str) -> int | list[int]:
     return widths[0] if len(widths) == 1 else widths
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="flowkit")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads for torch [default: torch's choice]. Small models run fastest on 1.")
@@ -113,12 +201,24 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
     """Fit a flow to DATA (CSV, TSV, text or .npy table, or toy:NAME) by maximum likelihood."""
     from flowkit.train import fit_density  # imported here so `flowkit --help` stays fast
 
+    check_device(device)
     table, name = load_data(data, toy_samples, seed)
     standardizer = Standardizer.fit(table)
     output = Path(output or f"{name}.flowkit")
     checkpoint = Path(checkpoint or f"{output}.ckpt")
+    plot_path = None if no_plot else Path(plot_path or output.with_suffix(".png"))
+    check_outputs({"data file": None if data.startswith("toy:") else data},
+                  {"model file": output, "checkpoint": checkpoint, "picture": plot_path, "metrics file": metrics})
     if resume and not checkpoint.is_file():
         raise DataError(f"{checkpoint}: no checkpoint to resume from")
+    if not resume and checkpoint.exists():  # an interrupted run's progress must not be overwritten
+        raise DataError(f"{checkpoint}: a checkpoint of an earlier run exists; add --resume to continue it, "
+                        "or delete it to start afresh")
+    discrete = discrete_columns(table)
+    if discrete:
+        click.echo(f"warning: column(s) {', '.join(map(repr, discrete[:5]))}{', ...' if len(discrete) > 5 else ''} "
+                   "hold repeated whole numbers; a continuous density can put spikes on them (adding uniform "
+                   "noise in [0, 1) to such columns first is the usual remedy)", err=True)
     torch.manual_seed(seed)
     kwargs = preset_arguments(preset, context_features=0, transforms=transforms, hidden_features=parse_hidden(hidden),
                               num_bins=num_bins, seed=seed)
@@ -145,9 +245,8 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
     if validation_nll is not None:
         message += f", validation log-likelihood {-validation_nll:.4f} nats/row"
     click.echo(message + ")")
-    if not no_plot:
-        write_fit_picture(flow, table, standardizer, Path(plot_path or output.with_suffix(".png")),
-                          f"{preset} on {name}")
+    if plot_path is not None:
+        write_fit_picture(flow, table, standardizer, plot_path, f"{preset} on {name}")
 
 
 def history_in_data_units(result, standardizer: Standardizer) -> list[dict]:
@@ -180,6 +279,7 @@ def write_fit_picture(flow, table: Table, standardizer: Standardizer, path: Path
 @clean_errors
 def sample(model, num_samples, output, seed, batch_size) -> None:
     """Draw synthetic rows from a fitted MODEL, in the data's units and columns."""
+    check_outputs({"model file": model}, {"output": output})
     flow, standardizer, _ = load_model(model)
     torch.manual_seed(seed)
     values = flow.sample(num_samples, batch_size=batch_size).double().numpy()
@@ -197,6 +297,7 @@ def sample(model, num_samples, output, seed, batch_size) -> None:
 @clean_errors
 def score(model, data, output, batch_size) -> None:
     """Write the log-density of each row of DATA under MODEL (low values flag anomalies)."""
+    check_outputs({"model file": model, "data file": data}, {"output": output})
     flow, standardizer, _ = load_model(model)
     table = read_table(data)
     values = table.values
@@ -233,13 +334,17 @@ def info(model, as_json) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
-    click.echo(f"flow:       {flow.config['preset']} ({summary['parameters']} parameters)")
-    click.echo(f"config:     {json.dumps({k: v for k, v in flow.config.items() if k != 'preset'})}")
+    lines = {"flow": f"{flow.config['preset']} ({summary['parameters']} parameters)",
+             "config": json.dumps({k: v for k, v in flow.config.items() if k != "preset"})}
     if summary["columns"]:
-        click.echo(f"columns:    {', '.join(summary['columns'])}")
+        lines["columns"] = ", ".join(summary["columns"])
     for key, value in metadata.items():
-        shown = f"{len(value)} records (`flowkit plot MODEL --history`)" if key == "history" else value
-        click.echo(f"{key + ':':<11} {shown}")
+        if key == "history" and isinstance(value, list):
+            value = f"{len(value)} records (`flowkit plot MODEL --history`)"
+        lines.setdefault(key, value)
+    width = max(len(key) for key in lines) + 1
+    for key, value in lines.items():
+        click.echo(f"{key + ':':<{width}} {value}")
 
 
 @main.command()
@@ -253,9 +358,10 @@ def plot(model, data, output, layers, history) -> None:
     """Picture a fitted MODEL: density and samples beside DATA, marginals, its layers or its training."""
     from flowkit.plotting import plot_history, plot_layers
 
+    check_outputs({"model file": model, "data file": data}, {"picture": output})
     flow, standardizer, metadata = load_model(model)
     if history:
-        if not metadata.get("history"):
+        if not isinstance(metadata.get("history"), list) or not metadata["history"]:
             raise DataError(f"{model}: holds no training history")
         plot_history(metadata["history"], output)
         click.echo(f"wrote {output}")

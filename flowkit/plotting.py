@@ -139,14 +139,22 @@ def plot_marginals(data: np.ndarray, samples: np.ndarray, columns: list[str], pa
 
 
 def plot_history(history: list[dict[str, Any]], path: str | Path) -> None:
-    """Training and validation loss against the step."""
+    """Training and validation loss against the step (records without both numbers are skipped)."""
+    curves = {label: [(row["step"], row[key]) for row in history
+                      if isinstance(row, dict) and _is_number(row.get("step")) and _is_number(row.get(key))]
+              for key, label in (("train_loss", "train"), ("validation_loss", "validation"))}
+    if not any(curves.values()):
+        raise ValueError("the training history holds no loss values to plot")
     figure = Figure(figsize=(6, 4))
     axis = figure.subplots()
-    for key, label in (("train_loss", "train"), ("validation_loss", "validation")):
-        points = [(row["step"], row[key]) for row in history if row.get(key) is not None]
+    for label, points in curves.items():
         if points:
             axis.plot(*zip(*points), label=label)
     axis.set_xlabel("step")
     axis.set_ylabel("negative log-likelihood (nats)")
     axis.legend()
     _save(figure, path)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
