@@ -7,6 +7,7 @@ is written atomically, and no output may overwrite an input or another output.
 
 from __future__ import annotations
 
+import csv
 import inspect
 import json
 import os
@@ -21,7 +22,7 @@ import torch
 
 from flowkit.data.tabular import DataError, Standardizer, Table, discrete_columns, read_table
 from flowkit.data.toys import TOYS, make_toy
-from flowkit.io import ModelFileError, load_model, save_model, save_table
+from flowkit.io import ModelFileError, atomic_write, load_model, save_model
 from flowkit.presets import PRESETS, build
 
 INTERRUPTED = 130  # the shell's convention for a run ended by SIGINT
@@ -281,12 +282,17 @@ def sample(model, num_samples, output, seed, batch_size) -> None:
     """Draw synthetic rows from a fitted MODEL, in the data's units and columns."""
     check_outputs({"model file": model}, {"output": output})
     flow, standardizer, _ = load_model(model)
+    columns = standardizer.columns if standardizer is not None else [f"x{i}" for i in range(flow.features)]
     torch.manual_seed(seed)
-    values = flow.sample(num_samples, batch_size=batch_size).double().numpy()
-    columns = [f"x{i}" for i in range(flow.features)]
-    if standardizer is not None:
-        values, columns = standardizer.inverse(values), standardizer.columns
-    emit_table(output, values, columns)
+
+    def chunks():
+        # Drawn and written a batch at a time, so any number of rows fits in memory; the same
+        # draws as flow.sample(num_samples, batch_size=batch_size).
+        for start in range(0, num_samples, batch_size):
+            values = flow.sample(min(batch_size, num_samples - start)).double().numpy()
+            yield standardizer.inverse(values) if standardizer is not None else values
+
+    emit_table(output, chunks(), columns, num_samples)
 
 
 @main.command()
@@ -306,20 +312,31 @@ def score(model, data, output, batch_size) -> None:
     elif values.shape[1] != flow.features:
         raise DataError(f"the model expects {flow.features} columns, the data has {values.shape[1]}")
     dtype = next(flow.parameters()).dtype
+    # A row beyond the model's floating-point range (float32: 3.4e38 standard deviations) would
+    # become inf on the way in and NaN on the way out; its density underflows to 0, so its score
+    # is -inf, which sorts it as the most anomalous row.
+    representable = (np.abs(values) <= torch.finfo(dtype).max).all(axis=1)
     with torch.no_grad():
-        log_density = flow.log_prob(torch.as_tensor(values, dtype=dtype), batch_size=batch_size).double().numpy()
+        log_density = flow.log_prob(torch.as_tensor(np.where(representable[:, None], values, 0.0), dtype=dtype),
+                                    batch_size=batch_size).double().numpy()
+    log_density[~representable] = -np.inf
     log_density += standardizer.log_det if standardizer is not None else 0.0
-    emit_table(output, log_density[:, None], ["log_density"])
+    emit_table(output, [log_density[:, None]], ["log_density"], len(log_density))
 
 
-def emit_table(output: str | None, values: np.ndarray, columns: list[str]) -> None:
+def emit_table(output: str | None, chunks, columns: list[str], rows: int) -> None:
+    """Write a header and the rows of each array in ``chunks`` as CSV, to stdout or atomically to a file."""
+
+    def write(handle) -> None:
+        csv.writer(handle, lineterminator="\n").writerow(columns)  # quotes names holding commas
+        for values in chunks:
+            handle.write("".join(",".join(f"{v:.9g}" for v in row) + "\n" for row in values))
+
     if output is None:
-        click.echo(",".join(columns))
-        for row in values:
-            click.echo(",".join(f"{v:.9g}" for v in row))
+        write(sys.stdout)
     else:
-        save_table(output, values, columns)
-        click.echo(f"wrote {len(values)} rows to {output}", err=True)
+        atomic_write(output, write, mode="w")
+        click.echo(f"wrote {rows} rows to {output}", err=True)
 
 
 @main.command()
