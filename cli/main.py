@@ -11,7 +11,9 @@ import csv
 import inspect
 import json
 import os
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
@@ -158,10 +160,21 @@ def parse_hidden(text: str) -> int | list[int]:
 @click.version_option(package_name="flowkit")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads for torch [default: torch's choice]. Small models run fastest on 1.")
-def main(threads: int | None) -> None:
+@click.pass_context
+def main(ctx: click.Context, threads: int | None) -> None:
     """Normalizing flows for tabular data: fit a density, then sample, score and plot it."""
     if threads is not None:
         torch.set_num_threads(threads)
+    if threading.current_thread() is threading.main_thread():
+        # By default SIGTERM ends Python on the spot, leaving a half-written temporary file
+        # beside the output (gigabytes, for a large sample). As an exception it unwinds through
+        # atomic_write, which deletes it. (fit's training loop handles SIGTERM on its own.)
+        previous = signal.signal(signal.SIGTERM, exit_on_signal)
+        ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
+
+
+def exit_on_signal(number: int, frame) -> None:
+    raise SystemExit(128 + number)  # the shell's convention for a run ended by a signal
 
 
 @main.command()

@@ -5,8 +5,10 @@ Every case here once ended in a traceback, a silently wrong result, or a lost fi
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +178,18 @@ def test_plot_history_refuses_a_history_without_losses(model: Path, tmp_path: Pa
     result = invoke("plot", tmp_path / "m.flowkit", "--history", "-o", tmp_path / "h.png")
     assert_one_line_error(result, contains="no loss values")
     assert not (tmp_path / "h.png").exists()
+
+
+def test_a_terminated_sample_leaves_no_temporary_file(model: Path, tmp_path: Path) -> None:
+    output = tmp_path / "s.csv"
+    output.write_text("precious")
+    script = Path(sys.executable).with_name("flowkit")
+    process = subprocess.Popen([str(script), "--threads", "1", "sample", str(model), "-n", "100000000", "-o",
+                                str(output)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.iterdir())) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the temporary file beside the output exists
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert [path.name for path in tmp_path.iterdir()] == ["s.csv"] and output.read_text() == "precious"
