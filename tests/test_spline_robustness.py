@@ -81,9 +81,15 @@ def test_invertible(dtype: torch.dtype, params: list[float], extra: list[float])
     x_back, inverse_log_det = splines.spline_inverse(y, knots, TAIL_BOUND)
     assert_finite(y=y, log_det=log_det, x_back=x_back, inverse_log_det=inverse_log_det)
     eps = torch.finfo(dtype).eps
-    # A rounding error of y (about eps * B) moves x by that times dx/dy, which reaches ~1e8 in the
-    # flattest bins that extreme parameters allow: the tolerance scales with the local dx/dy.
-    x_tolerance = 16 * eps * (TAIL_BOUND * (1 + torch.exp(-log_det)) + x.abs())
+    # Rounding moves the inverse's root by an error in the quadratic, then amplified by dx/dy
+    # (which reaches ~1e8 in the flattest bins that extreme parameters allow): y's own rounding
+    # (about eps * B), and the coefficients' (about eps * width * (d0 + d1 + s) in units of x:
+    # the coefficients are sums of terms as large as the bin's derivatives).
+    bin_index = splines.find_bin(knots.x, x.clamp(-TAIL_BOUND, TAIL_BOUND))
+    width = knots.x[1:, 0][bin_index] - knots.x[:-1, 0][bin_index]
+    slope = (knots.y[1:, 0][bin_index] - knots.y[:-1, 0][bin_index]) / width
+    steepness = knots.derivatives[:-1, 0][bin_index] + knots.derivatives[1:, 0][bin_index] + slope
+    x_tolerance = 16 * eps * (TAIL_BOUND + x.abs() + torch.exp(-log_det) * (TAIL_BOUND + width * steepness))
     x_error = (x_back - x).abs()
     assert (x_error <= x_tolerance).all(), f"round trip error {(x_error - x_tolerance).max()} too large"
     # The inverse's log-det is minus the forward's at the point the inverse returned. Evaluating
