@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
+import secrets
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -39,26 +39,24 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "wb"
     a crash cannot leave a renamed but empty file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The temporary name is chosen before the file exists (not by mkstemp), so an interruption
+    # at any point, even while the file is being created, finds the name to clean up.
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
-        # mkstemp makes the file private (0600); give it the mode a plain open() would have given,
-        # or keep the mode of the file it replaces.
-        os.chmod(temporary, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
+        # Mode 0o666 less the umask, as a plain open() gives (mkstemp's is 0600), or the mode
+        # of the file it replaces.
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        if path.exists():
+            os.chmod(temporary, path.stat().st_mode & 0o7777)
         with os.fdopen(descriptor, mode, **({"newline": ""} if "b" not in mode else {})) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -187,8 +187,10 @@ def test_a_terminated_sample_leaves_no_temporary_file(model: Path, tmp_path: Pat
     process = subprocess.Popen([str(script), "--threads", "1", "sample", str(model), "-n", "100000000", "-o",
                                 str(output)], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while len(list(tmp_path.iterdir())) < 2 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)  # until the temporary file beside the output exists
+    while process.poll() is None and time.monotonic() < deadline:  # until rows go into the temporary file
+        if any(path.name.endswith(".tmp") and path.stat().st_size > 0 for path in tmp_path.iterdir()):
+            break
+        time.sleep(0.01)
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM

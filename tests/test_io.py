@@ -84,6 +84,22 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> 
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.flowkit"]
 
 
+
+def test_an_interruption_as_the_temporary_file_is_created_leaves_none(tmp_path: Path, monkeypatch) -> None:
+    """A signal can land between the file's creation and the code that would delete it (with
+    mkstemp, inside mkstemp itself); the temporary file must still be removed."""
+    real_open = os.open
+
+    def open_then_interrupt(*args, **kwargs):
+        os.close(real_open(*args, **kwargs))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "open", open_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "out.csv", lambda handle: handle.write("a\n"), mode="w")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
 def test_refuses_damaged_contents_with_a_reason(tmp_path: Path) -> None:
     """Archives that load as plain values but do not make a usable model: each is refused on
     loading with one line, instead of a traceback or NaNs later in sample/score/info."""
