@@ -89,9 +89,14 @@ def solve(made: MADE, target: Tensor, step: Step, context: Tensor | None = None)
     return x_rows[torch.argsort(index)].t().contiguous(), total
 
 
-def block_steps(made: MADE, units: int = 64) -> int:
-    """Steps per block: enough that a block's new units in the widest layer are about ``units``
-    (a product that wide runs near full speed, and a step's in-block product stays cheap)."""
+def block_steps(made: MADE, units: int = 32) -> int:
+    """Steps per block: enough that a block's new units in the widest layer are about ``units``.
+
+    Wider blocks make the in-block products wider (each step reads more inputs); narrower ones
+    make the block updates more frequent (each rewrites every later pre-activation). Measured on
+    one CPU thread (43 features, 256 units, 5 MAF layers): 32 units sampled 512 rows in 26 ms
+    against 31 ms unblocked and 1024 rows in 42 against 59 ms; at 4096 rows the two were even.
+    """
     per_step = max(layer.out_features for layer in made.layers) / max(made.features - 1, 1)
     return max(1, round(units / per_step))
 
