@@ -112,6 +112,22 @@ class Flow(nn.Module):
                 num_samples, batch_size,
             )
 
+    def compile_sampling(self, backend: str = "inductor") -> Flow:
+        """Compile the per-feature steps of every autoregressive inverse (``torch.compile``):
+        tens of seconds once per process and batch size, then several times fewer dispatched ops
+        per sampled batch (spline flows gain most). Returns the flow.
+
+        Example:
+            >>> import flowkit
+            >>> flow = flowkit.maf(features=2, transforms=1).compile_sampling(backend="eager")
+            >>> flow.sample(3).shape
+            torch.Size([3, 2])
+        """
+        for module in self.modules():
+            if hasattr(module, "compile_inverse"):
+                module.compile_inverse(backend)
+        return self
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Same as ``log_prob`` so a ``Flow`` can be wrapped (DDP, torch.compile) like any module."""
         return self.log_prob(x, context)
