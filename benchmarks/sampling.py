@@ -11,6 +11,7 @@ Run from the repository root::
     python benchmarks/sampling.py                   # CPU, writes benchmarks/results/sampling_cpu.*
     python benchmarks/sampling.py --device cuda     # GPU, writes benchmarks/results/sampling_cuda.*
     python benchmarks/sampling.py --threads 1 --tag 1thread
+    python benchmarks/sampling.py --threads 1 --compile   # also flowkit with compiled steps
 
 The configuration (features 43, 5 transforms, two hidden layers of 256, 8 bins, batch 512,
 float32) can be changed with flags; see ``--help``.
@@ -19,6 +20,7 @@ float32) can be changed with flags; see ``--help``.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -33,21 +35,33 @@ sys.path.insert(0, str(ROOT))  # run as a script from a checkout, without instal
 from common import add_arguments, build_models, metadata, timed, write_report  # noqa: E402
 
 
+def compiled_entry(entry: dict, args: argparse.Namespace) -> dict:
+    """A copy of a flowkit model with compiled sampling steps and a compiled ``log_prob``, so the
+    ratio compares like with like (the eager rows keep the original)."""
+    flow = copy.deepcopy(entry["module"]).compile_sampling()
+    log_prob = torch.compile(flow.log_prob, fullgraph=True)
+    data = torch.randn(args.batch, args.features, device=args.device)
+    return {"log_prob": lambda: log_prob(data), "sample": lambda: flow.sample(args.batch), "module": flow}
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     models = build_models(args)
+    if args.compile:
+        for model in ("MAF", "NSF-AR"):
+            models["flowkit + torch.compile", model] = compiled_entry(models["flowkit", model], args)
     times: dict[tuple[str, str, str], list[float]] = {}
     # Warm-up (allocations, lazy initialisation, flowkit's sampling workspace, cuDNN/cuBLAS handles).
     for (library, model), entry in models.items():
         for method in ("log_prob", "sample"):
-            for _ in range(args.warmup if library == "flowkit" or method == "log_prob" else 1):
+            for _ in range(args.warmup if library.startswith("flowkit") or method == "log_prob" else 1):
                 with torch.no_grad():
                     timed(entry[method], args.device)
             times[library, model, method] = []
     for repeat in range(args.repeats):
         for (library, model), entry in models.items():  # interleaved: every library in every round
             for method in ("log_prob", "sample"):
-                if method == "sample" and library != "flowkit" and repeat >= args.peer_sample_repeats:
+                if method == "sample" and not library.startswith("flowkit") and repeat >= args.peer_sample_repeats:
                     continue
                 with torch.no_grad():
                     times[library, model, method].append(timed(entry[method], args.device))
@@ -66,9 +80,12 @@ def run(args: argparse.Namespace) -> dict:
         })
     by_key = {(row["library"], row["model"]): row for row in rows}
     for row in rows:
-        if row["library"] != "flowkit":
+        if not row["library"].startswith("flowkit"):
             ours = by_key["flowkit", row["model"]]
             row["flowkit_sampling_speedup"] = ours["sample_per_s"] / row["sample_per_s"]
+            if args.compile:
+                compiled = by_key["flowkit + torch.compile", row["model"]]
+                row["flowkit_compiled_sampling_speedup"] = compiled["sample_per_s"] / row["sample_per_s"]
     return {"rows": rows}
 
 
@@ -84,14 +101,15 @@ def markdown(report: dict) -> str:
         f"Config: {meta['config']}",
         "",
         "| library | model | log_prob (samples/s) | sample (samples/s) | sample / log_prob "
-        "| flowkit sampling speed-up | repeats (log_prob / sample) |",
+        "| flowkit sampling speed-up (eager / compiled) | repeats (log_prob / sample) |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
     for row in report["rows"]:
-        speedup = row.get("flowkit_sampling_speedup")
+        speedups = [row.get(key) for key in ("flowkit_sampling_speedup", "flowkit_compiled_sampling_speedup")]
+        speedup = " / ".join(f"{value:.1f}x" for value in speedups if value is not None) or "-"
         lines.append(
             f"| {row['library']} | {row['model']} | {row['log_prob_per_s']:,.0f} | {row['sample_per_s']:,.0f} "
-            f"| {row['sample_over_log_prob']:.3f} | {'-' if speedup is None else f'{speedup:.1f}x'} "
+            f"| {row['sample_over_log_prob']:.3f} | {speedup} "
             f"| {row['repeats_log_prob']} / {row['repeats_sample']} |")
     lines += ["", "Medians over repeats after warm-up; libraries interleaved within each repeat. "
               "zuko's NSF uses its fixed spline bound B=5 (flowkit and nflows: B=3).", ""]
@@ -125,6 +143,8 @@ def main() -> None:
     add_arguments(parser)
     parser.add_argument("--peer-sample-repeats", type=int, default=3,
                         help="repeats for the peers' (slow, D-pass) sampling")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time flowkit with compiled sampling steps and log_prob (a minute of compiling)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

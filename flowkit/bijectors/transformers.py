@@ -22,6 +22,10 @@ class Transformer:
     """Interface of an elementwise transformer with ``num_params`` parameters per feature."""
 
     num_params: int
+    # Whether torch.compile of one sampling step beats eager dispatch: a compiled call costs tens
+    # of microseconds of guards and wrapping, more than a handful of eager ops (affine: 29 us eager,
+    # 54 us compiled per 512-row step), less than a spline's several dozen (574 -> 148 us).
+    compiles_well = False
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(y, elementwise log|dy/dx|)``."""
@@ -116,6 +120,8 @@ class RationalQuadraticSpline(Transformer):
         >>> torch.allclose(spline.inverse(y, torch.zeros(1, 3, 11))[0], y)  # zero params: identity
         True
     """
+
+    compiles_well = True
 
     def __init__(
         self,
