@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from flowkit.bijectors.scalars import scalar
+
 
 class Knots(NamedTuple):
     """The knots of a batch of splines, bins first.
@@ -124,7 +126,8 @@ def knots_from_params(
     # Knot 0 is exactly -B already (a zero cumulative sum); the last knot equals B only up to
     # rounding, and inputs at +B must land on the spline's own end point.
     positions[:, -1] = tail_bound
-    interior = min_derivative + F.softplus(params[2 * num_bins :] + derivative_offset(min_derivative))
+    offset = scalar(derivative_offset(min_derivative), params)
+    interior = F.softplus(params[2 * num_bins :] + offset) + scalar(min_derivative, params)
     # End derivatives exactly 1, so the spline meets the identity tails with a C1 join.
     return Knots(positions, _pad_first(interior, 0, 1, 1, value=1.0))
 
@@ -200,7 +203,7 @@ def _rational_quadratic(theta: Tensor, slope: Tensor, d0: Tensor, d1: Tensor) ->
     ``den >= s / 2`` the ratio lies in (0, 2] and cannot overflow even for huge derivatives,
     with two logarithms instead of three. Fused multiply-adds keep the op count low.
     """
-    one_minus = 1 - theta
+    one_minus = scalar(1.0, theta) - theta
     theta_squared, cross, one_minus_squared = theta.square(), theta * one_minus, one_minus.square()
     denominator = torch.addcmul(slope * (theta_squared + one_minus_squared), d0 + d1, cross)
     numerator = torch.addcmul(torch.addcmul(d1 * theta_squared, d0, one_minus_squared), slope, cross, value=2.0)
@@ -223,7 +226,7 @@ def spline_forward(inputs: Tensor, knots: Knots, tail_bound: float) -> tuple[Ten
         >>> y.item(), log_det.item()
         (5.0, 0.0)
     """
-    inside = inputs.abs() <= tail_bound
+    inside = inputs.abs() <= scalar(tail_bound, inputs)
     # Tail inputs are clamped onto the interval so that the spline arithmetic (computed for every
     # element, to keep shapes static) stays finite there; torch.where then discards those values,
     # and because they are finite their zero-weighted gradients are zero rather than NaN.
@@ -239,7 +242,7 @@ def spline_forward(inputs: Tensor, knots: Knots, tail_bound: float) -> tuple[Ten
     # Near a knot, y0 + height * ratio can round one ulp past the bin's end and overtake the next
     # bin's first value; keeping each output inside its bin keeps the map monotone across knots.
     outputs = _clamp_rounding(torch.addcmul(y0, height, rise / denominator), y0, y1)
-    return torch.where(inside, outputs, inputs), torch.where(inside, log_det, 0.0)
+    return torch.where(inside, outputs, inputs), torch.where(inside, log_det, scalar(0.0, log_det))
 
 
 def spline_inverse(inputs: Tensor, knots: Knots, tail_bound: float) -> tuple[Tensor, Tensor]:
@@ -269,7 +272,7 @@ def spline_inverse(inputs: Tensor, knots: Knots, tail_bound: float) -> tuple[Ten
         >>> torch.allclose(spline_inverse(y, knots, 2.0)[0], x)
         True
     """
-    inside = inputs.abs() <= tail_bound
+    inside = inputs.abs() <= scalar(tail_bound, inputs)
     # Same reason as in spline_forward: finite arithmetic on tail elements, discarded by where.
     y = inputs.clamp(-tail_bound, tail_bound)
     x0, x1, y0, y1, d0, d1 = _bin_parameters(knots, find_bin(knots.y, y))
@@ -289,16 +292,16 @@ def spline_inverse(inputs: Tensor, knots: Knots, tail_bound: float) -> tuple[Ten
     root = torch.sqrt(torch.addcmul((v * d0 - u * d1).square(), u * v, slope.square(), value=4.0))
     # Each branch gets a denominator that is positive even where torch.where discards it, so no
     # Inf reaches the gradient: root > 0 always, and a > 0 wherever b < 0.
-    positive_b = b >= 0
+    positive_b = b >= scalar(0.0, b)
     theta_positive_b = (slope + slope) * u / (b.clamp(min=0) + root)
-    theta_negative_b = (root - b) / (2 * torch.where(positive_b, 1.0, a))
+    theta_negative_b = (root - b) / torch.where(positive_b, scalar(2.0, a), a + a)
     # The root lies in [0, 1] in exact arithmetic; the guard removes rounding overshoot so that
     # the output stays inside the bin and the log-derivative below is evaluated where it is valid.
     theta = _clamp_rounding(torch.where(positive_b, theta_positive_b, theta_negative_b), 0.0, 1.0)
     # As in spline_forward: x0 + theta * width may round past x1; stay inside the bin.
     outputs = _clamp_rounding(torch.addcmul(x0, theta, width), x0, x1)
-    log_det = -_rational_quadratic(theta, slope, d0, d1)[2]
-    return torch.where(inside, outputs, inputs), torch.where(inside, log_det, 0.0)
+    log_det = _rational_quadratic(theta, slope, d0, d1)[2].neg()
+    return torch.where(inside, outputs, inputs), torch.where(inside, log_det, scalar(0.0, log_det))
 
 
 def rational_quadratic_spline(

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from flowkit.bijectors import splines
+from flowkit.bijectors.scalars import scalar
 
 
 class Transformer:
@@ -64,15 +65,15 @@ class Affine(Transformer):
 
     def _shift_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, unconstrained = params[..., 0], params[..., 1]
-        return shift, F.softplus(unconstrained + self._offset) + self.min_scale
+        return shift, F.softplus(unconstrained + scalar(self._offset, params)) + scalar(self.min_scale, params)
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, scale = self._shift_scale(params)
-        return x * scale + shift, torch.log(scale)
+        return torch.addcmul(shift, x, scale), torch.log(scale)
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, scale = self._shift_scale(params)
-        return (y - shift) / scale, -torch.log(scale)
+        return (y - shift) / scale, torch.log(scale).neg()
 
     def config(self) -> dict:
         return {"min_scale": self.min_scale}
