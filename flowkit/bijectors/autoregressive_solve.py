@@ -182,7 +182,7 @@ class Workspace:
             if low < high:
                 updates.append((self.output[later:], self.output_weight[later:, low:high],
                                 self.activations[-1][low:high]))
-        return k, layers, output, updates
+        return self.x_rows[k], layers, output, updates
 
     def _reset(self, context: Tensor | None) -> None:
         """Accumulators to their biases; weights re-gathered in step order."""
@@ -206,7 +206,7 @@ class Workspace:
         index = self.made.order_index
         target_rows = target.t()[index]  # contiguous, in step order
         activation = self.made.activation
-        for k, layers, (params, weight, inputs), updates in self.plan:
+        for k, (x_row, layers, (params, weight, inputs), updates) in enumerate(self.plan):
             for out, product, residual in layers:
                 if product is not None:
                     out.addmm_(*product)
@@ -219,7 +219,7 @@ class Workspace:
             if weight.shape[1]:
                 params.addmm_(weight, inputs)
             x_k, log_det = step(target_rows[k], params.t())
-            self.x_rows[k] = x_k
+            x_row.copy_(x_k)  # a precomputed view: cheaper than indexing x_rows each step
             total += log_det
             for accumulator, weight, inputs in updates:
                 accumulator.addmm_(weight, inputs)
