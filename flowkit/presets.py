@@ -21,11 +21,23 @@ PRESETS: dict[str, Callable[..., Flow]] = {}
 
 
 def preset(function: Callable[..., Flow]) -> Callable[..., Flow]:
-    """Register a preset and attach its name and keyword arguments to the flow it builds."""
+    """Register a preset and attach its name and keyword arguments to the flow it builds.
+
+    Every registered preset also takes ``trainable_base=True``: the base Gaussian's ``loc`` and
+    ``scale`` become parameters. Spline flows need it to fit a target wider than their tail bound
+    by reverse KL (each spline maps ``[-B, B]`` onto itself and is the identity outside, so with a
+    fixed N(0, I) base almost no mass leaves ``[-B, B]``); density fitting of standardised data
+    does not.
+    """
 
     @functools.wraps(function)
-    def build_flow(features: int, **kwargs) -> Flow:
+    def build_flow(features: int, trainable_base: bool = False, **kwargs) -> Flow:
         flow = function(features, **kwargs)
+        if trainable_base:
+            if not isinstance(getattr(flow, "base", None), DiagGaussian):
+                raise ValueError(f"{function.__name__} has no flowkit base distribution to train")
+            flow.base = DiagGaussian(features, trainable=True)
+            kwargs["trainable_base"] = True
         flow.config = {"preset": function.__name__, "features": features, **kwargs}
         return flow
 
