@@ -79,6 +79,9 @@ def clean_errors(command):
             return command(*args, **kwargs)
         except BrokenPipeError:
             raise  # the reader went away (`flowkit sample ... | head`): click exits quietly
+        except KeyboardInterrupt:  # Ctrl-C outside a fit's own handler: the shell's status, no "Aborted!"
+            click.echo("error: interrupted", err=True)
+            sys.exit(INTERRUPTED)
         except MemoryError:
             click.echo("error: out of memory (try a smaller --batch-size or fewer rows)", err=True)
             sys.exit(1)
@@ -103,6 +106,10 @@ def check_outputs(inputs: dict[str, str | Path | None], outputs: dict[str, str |
         if resolved in seen:
             raise DataError(f"{path}: is both the {seen[resolved]} and the {role}; give another name")
         seen[resolved] = role
+        if role == "picture":
+            from flowkit.plotting import picture_format  # matplotlib only when a picture is asked for
+
+            picture_format(path)  # an unknown image suffix fails now, not after a long fit
         folder = resolved.parent
         while not folder.exists():  # atomic_write creates missing folders; check the first that exists
             folder = folder.parent

@@ -2,7 +2,8 @@
 marginals of data against samples (any dimension), and the training curve.
 
 This is the only module that imports matplotlib. It draws on ``Figure`` objects directly (no
-pyplot), so it never touches a global backend or leaks figures, and writes PNGs atomically.
+pyplot), so it never touches a global backend or leaks figures, and writes pictures atomically in
+the format their name asks for (PNG by default).
 """
 
 from __future__ import annotations
@@ -20,8 +21,19 @@ from flowkit.flow import Flow
 from flowkit.io import atomic_write
 
 
+def picture_format(path: str | Path) -> str:
+    """The image format a picture's name asks for (``.png``, ``.pdf``, ``.svg``, ``.jpg``...);
+    PNG when the name has no suffix. Raises ValueError for a suffix matplotlib cannot write."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    supported = Figure().canvas.get_supported_filetypes()
+    if suffix and suffix not in supported:
+        raise ValueError(f"{path}: cannot write a .{suffix} picture; use one of .{', .'.join(sorted(supported))}")
+    return suffix or "png"
+
+
 def _save(figure: Figure, path: str | Path) -> None:
-    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=110, bbox_inches="tight"))
+    image_format = picture_format(path)
+    atomic_write(path, lambda handle: figure.savefig(handle, format=image_format, dpi=110, bbox_inches="tight"))
 
 
 def _bounds(data: np.ndarray, margin: float = 0.15) -> tuple[np.ndarray, np.ndarray]:

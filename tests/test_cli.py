@@ -75,6 +75,18 @@ def test_sample_compiled_draws_full_batches(tmp_path: Path, monkeypatch) -> None
     np.testing.assert_allclose(compiled[:400], plain[:400], rtol=1e-6, atol=1e-6)
 
 
+def test_pictures_take_the_format_their_name_asks_for(fitted, tmp_path: Path) -> None:
+    model, data = fitted
+    assert run("plot", str(model), str(data), "-o", str(tmp_path / "fit.pdf")).exit_code == 0
+    assert (tmp_path / "fit.pdf").read_bytes()[:5] == b"%PDF-"
+    assert run("plot", str(model), "--history", "-o", str(tmp_path / "curve.svg")).exit_code == 0
+    assert b"<svg" in (tmp_path / "curve.svg").read_bytes()[:1000]
+    result = CliRunner().invoke(main, ["fit", str(data), "-o", str(tmp_path / "m.flowkit"), "--plot",
+                                       str(tmp_path / "m.xyz"), *FAST])
+    assert result.exit_code == 1 and "cannot write a .xyz picture" in result.output
+    assert not (tmp_path / "m.flowkit").exists(), "refused before fitting, not after"
+
+
 def test_score_matches_the_model_density(fitted, tmp_path: Path) -> None:
     model, data = fitted
     assert run("score", str(model), str(data), "-o", str(tmp_path / "scores.csv")).exit_code == 0

@@ -180,7 +180,9 @@ def test_plot_history_refuses_a_history_without_losses(model: Path, tmp_path: Pa
     assert not (tmp_path / "h.png").exists()
 
 
-def test_a_terminated_sample_leaves_no_temporary_file(model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop, status", [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, 130)],
+                         ids=["SIGTERM", "SIGINT"])
+def test_a_stopped_sample_leaves_no_temporary_file(model: Path, tmp_path: Path, stop, status: int) -> None:
     output = tmp_path / "s.csv"
     output.write_text("precious")
     script = Path(sys.executable).with_name("flowkit")
@@ -191,7 +193,9 @@ def test_a_terminated_sample_leaves_no_temporary_file(model: Path, tmp_path: Pat
         if any(path.name.endswith(".tmp") and path.stat().st_size > 0 for path in tmp_path.iterdir()):
             break
         time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=60)
-    assert process.returncode == 128 + signal.SIGTERM
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == status
+    if stop == signal.SIGINT:  # one line, the shell's status for Ctrl-C, not click's "Aborted!"
+        assert stderr.decode() == "error: interrupted\n"
     assert [path.name for path in tmp_path.iterdir()] == ["s.csv"] and output.read_text() == "precious"
