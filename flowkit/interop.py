@@ -88,13 +88,14 @@ def _copy_made(source: nn.Module, target: MaskedAutoregressive) -> None:
             ours.weight.copy_(theirs.weight[order][:, previous])
             ours.bias.copy_(theirs.bias[order])
             previous = order
-        # nflows' output units are feature-major (f * P + p), flowkit's parameter-major (p * F + f).
+        # nflows' output units are feature-major, (features, num_params) in C order; flowkit's
+        # order is MADE.by_feature's, so both sides are compared and copied as (features, num_params, ...).
         final, made = source.final_layer, target.made
-        rows = torch.arange(made.features * made.num_params).view(made.features, made.num_params).t().flatten()
-        if not torch.equal(final.mask[rows][:, previous], made.output.mask):
+        theirs = lambda rows: rows.view(made.features, made.num_params, *rows.shape[1:])
+        if not torch.equal(theirs(final.mask[:, previous]), made.by_feature(made.output.mask)):
             raise ValueError("nflows MADE output mask does not match flowkit's")
-        made.output.weight.copy_(final.weight[rows][:, previous])
-        made.output.bias.copy_(final.bias[rows])
+        made.by_feature(made.output.weight).copy_(theirs(final.weight[:, previous]))
+        made.by_feature(made.output.bias).copy_(theirs(final.bias))
 
 
 def _convert(transform: nn.Module, features: int) -> Bijector:

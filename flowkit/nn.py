@@ -186,11 +186,11 @@ class MADE(nn.Module):
             h = h + a if self.residual and index > 0 else a
         return self.output(h).view(-1, self.num_params, self.features).transpose(1, 2)
 
-    def output_by_feature(self) -> tuple[Tensor, Tensor]:
-        """The output layer's weight ``(features, num_params, hidden)`` and bias
-        ``(features, num_params, 1)``, indexed by feature (views)."""
-        weight = self.output.weight.view(self.num_params, self.features, -1).transpose(0, 1)
-        return weight, self.output.bias.view(self.num_params, self.features, 1).transpose(0, 1)
+    def by_feature(self, rows: Tensor) -> Tensor:
+        """A view of a tensor indexed by output unit, ``(features * num_params, ...)`` (the output
+        layer's weight, bias or mask), as ``(features, num_params, ...)``: the one place that
+        knows the parameter-major order of the output units."""
+        return rows.view(self.num_params, self.features, *rows.shape[1:]).transpose(0, 1)
 
 
 def _degree_slice(degrees: Tensor, degree: int) -> tuple[int, int]:

@@ -66,7 +66,8 @@ def solve(made: MADE, target: Tensor, step: Step, context: Tensor | None = None)
     biases = [layer.bias[:, None] for layer in made.layers]
     if context is not None:
         biases[0] = F.linear(context, first.weight[:, features:], first.bias).t()
-    weight_out, bias_out = (tensor[index] for tensor in made.output_by_feature())
+    weight_out = made.by_feature(made.output.weight)[index]
+    bias_out = made.by_feature(made.output.bias[:, None])[index]
     target_rows = target.t()[index]
     x_rows = target.new_empty(0, target.shape[0])
     activations = [target.new_empty(0, target.shape[0]) for _ in made.layers]
@@ -189,9 +190,9 @@ class Workspace:
         made, index = self.made, self.made.order_index
         first = made.layers[0]
         torch.index_select(first.weight[:, : made.features], 1, index, out=self.first_weight)
-        weight_out, bias_out = made.output_by_feature()
-        torch.index_select(weight_out, 0, index, out=self.output_weight.view(weight_out.shape))
-        torch.index_select(bias_out, 0, index, out=self.output_bias.view(bias_out.shape))
+        for rows, out in ((made.output.weight, self.output_weight), (made.output.bias[:, None], self.output_bias)):
+            by_feature = made.by_feature(rows)
+            torch.index_select(by_feature, 0, index, out=out.view(by_feature.shape))
         if context is None:
             self.activations[0].copy_(first.bias[:, None])
         else:
