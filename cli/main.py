@@ -7,7 +7,6 @@ is written atomically, and no output may overwrite an input or another output.
 
 from __future__ import annotations
 
-import csv
 import inspect
 import json
 import signal
@@ -22,7 +21,7 @@ from flowkit_cli.errors import INTERRUPTED, Group, check_device, check_outputs, 
 
 from flowkit.data.tabular import DataError, Standardizer, Table, discrete_columns, read_table
 from flowkit.data.toys import TOYS, make_toy
-from flowkit.io import atomic_write, load_model, save_model
+from flowkit.io import atomic_write, load_model, save_model, write_csv
 from flowkit.presets import PRESETS, build
 
 
@@ -243,16 +242,10 @@ def score(model, data, output, batch_size) -> None:
 
 def emit_table(output: str | None, chunks, columns: list[str], rows: int) -> None:
     """Write a header and the rows of each array in ``chunks`` as CSV, to stdout or atomically to a file."""
-
-    def write(handle) -> None:
-        csv.writer(handle, lineterminator="\n").writerow(columns)  # quotes names holding commas
-        for values in chunks:
-            handle.write("".join(",".join(f"{v:.9g}" for v in row) + "\n" for row in values))
-
     if output is None:
-        write(sys.stdout)
+        write_csv(sys.stdout, columns, chunks)
     else:
-        atomic_write(output, write, mode="w")
+        atomic_write(output, lambda handle: write_csv(handle, columns, chunks), mode="w")
         click.echo(f"wrote {rows} rows to {output}", err=True)
 
 

@@ -13,7 +13,7 @@ import json
 import os
 import secrets
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -73,15 +73,17 @@ def _fsync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
+def write_csv(handle: IO, columns: list[str], chunks: Iterable[np.ndarray]) -> None:
+    """A header row, then the rows of each array in ``chunks`` (9 significant digits), as CSV.
+    Chunks let a caller stream any number of rows through bounded memory."""
+    csv.writer(handle, lineterminator="\n").writerow(columns)  # quotes names holding commas
+    for values in chunks:
+        handle.write("".join(",".join(f"{v:.9g}" for v in row) + "\n" for row in values))
+
+
 def save_table(path: str | Path, values: np.ndarray, columns: list[str]) -> None:
     """Write a CSV with a header row, atomically."""
-
-    def write(handle: IO) -> None:
-        writer = csv.writer(handle)
-        writer.writerow(columns)
-        writer.writerows([f"{v:.9g}" for v in row] for row in values)
-
-    atomic_write(path, write, mode="w")
+    atomic_write(path, lambda handle: write_csv(handle, columns, [values]), mode="w")
 
 
 def save_model(path: str | Path, flow: Flow, standardizer: Standardizer | None = None,
