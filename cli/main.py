@@ -221,12 +221,9 @@ def score(model, data, output, batch_size) -> None:
     """Write the log-density of each row of DATA under MODEL (low values flag anomalies)."""
     check_outputs({"model file": model, "data file": data}, {"output": output})
     flow, standardizer, _ = load_model(model)
-    table = read_table(data)
-    values = table.values
+    values = read_model_table(data, flow, standardizer).values
     if standardizer is not None:
-        values = standardizer.transform(standardizer.align(table))
-    elif values.shape[1] != flow.features:
-        raise DataError(f"the model expects {flow.features} columns, the data has {values.shape[1]}")
+        values = standardizer.transform(values)
     dtype = next(flow.parameters()).dtype
     # A row beyond the model's floating-point range (float32: 3.4e38 standard deviations) would
     # become inf on the way in and NaN on the way out; its density underflows to 0, so its score
@@ -238,6 +235,17 @@ def score(model, data, output, batch_size) -> None:
     log_density[~representable] = -np.inf
     log_density += standardizer.log_det if standardizer is not None else 0.0
     emit_table(output, [log_density[:, None]], ["log_density"], len(log_density))
+
+
+def read_model_table(path: str, flow, standardizer: Standardizer | None) -> Table:
+    """A table with the model's columns in the model's order (matched by name where both have
+    names), or a one-line error when it cannot be."""
+    table = read_table(path)
+    if standardizer is not None:
+        return Table(standardizer.align(table), standardizer.columns)
+    if table.values.shape[1] != flow.features:
+        raise DataError(f"the model expects {flow.features} columns, the data has {table.values.shape[1]}")
+    return table
 
 
 def emit_table(output: str | None, chunks, columns: list[str], rows: int) -> None:
@@ -299,12 +307,8 @@ def plot(model, data, output, layers, history) -> None:
         return
     if data is None:
         raise DataError("give DATA to draw beside the model (or --layers)")
-    table = read_table(data)
-    if standardizer is not None:
-        table = Table(standardizer.align(table), standardizer.columns)
-    elif table.values.shape[1] != flow.features:
-        raise DataError(f"the model expects {flow.features} columns, the data has {table.values.shape[1]}")
-    else:
+    table = read_model_table(data, flow, standardizer)
+    if standardizer is None:
         standardizer = Standardizer(np.zeros(flow.features), np.ones(flow.features), table.columns)
     write_fit_picture(flow, table, standardizer, Path(output), Path(data).stem)
 
