@@ -28,6 +28,15 @@ rows = st.lists(st.lists(value, min_size=FEATURES, max_size=FEATURES), min_size=
 output_scale = st.sampled_from([0.0, 0.1, 3.0, 50.0, 1e3])
 
 
+def extreme_layers(test):
+    """Run ``test(dtype, transformer, values, scale, seed)`` over both dtypes and transformers, on
+    drawn rows and conditioner scales."""
+    test = given(values=rows, scale=output_scale, seed=st.integers(0, 3))(test)
+    test = settings(max_examples=40, deadline=None)(test)
+    test = pytest.mark.parametrize("transformer", list(TRANSFORMERS))(test)
+    return pytest.mark.parametrize("dtype", DTYPES)(test)
+
+
 def make_layer(transformer: str, scale: float, seed: int, dtype: torch.dtype) -> MaskedAutoregressive:
     torch.manual_seed(seed)
     layer = MaskedAutoregressive(TRANSFORMERS[transformer](), FEATURES, hidden_features=[16, 16]).to(dtype)
@@ -42,10 +51,7 @@ def assert_finite(**tensors: torch.Tensor) -> None:
         assert torch.isfinite(tensor).all(), f"{name} is not finite: {tensor}"
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("transformer", list(TRANSFORMERS))
-@settings(max_examples=40, deadline=None)
-@given(values=rows, scale=output_scale, seed=st.integers(0, 3))
+@extreme_layers
 def test_finite_and_monotone(dtype: torch.dtype, transformer: str, values: list, scale: float, seed: int) -> None:
     layer = make_layer(transformer, scale, seed, dtype)
     x = torch.tensor(values, dtype=dtype, requires_grad=True)
@@ -93,10 +99,7 @@ def round_trip_tolerance(layer: MaskedAutoregressive, x: torch.Tensor, z: torch.
     return torch.stack(bounds).to(x.dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("transformer", list(TRANSFORMERS))
-@settings(max_examples=40, deadline=None)
-@given(values=rows, scale=output_scale, seed=st.integers(0, 3))
+@extreme_layers
 def test_invertible(dtype: torch.dtype, transformer: str, values: list, scale: float, seed: int) -> None:
     layer = make_layer(transformer, scale, seed, dtype)
     x = torch.tensor(values, dtype=dtype)
