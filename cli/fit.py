@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import inspect
 import sys
+import time
 from pathlib import Path
 
 import click
-import numpy as np
-import torch
 from flowkit_cli.errors import INTERRUPTED, check_device, check_outputs, clean_errors
 from flowkit_cli.plot import write_fit_picture
 from flowkit_cli.tables import load_data
 
 from flowkit.data.tabular import DataError, Standardizer, discrete_columns
 from flowkit.io import save_model
-from flowkit.presets import PRESETS, build
-
-
-def preset_arguments(preset: str, **candidates) -> dict:
-    """The candidate keyword arguments that this preset accepts (``num_bins`` only for splines)."""
-    accepted = inspect.signature(PRESETS[preset]).parameters
-    return {name: value for name, value in candidates.items() if name in accepted and value is not None}
+from flowkit.presets import PRESETS
 
 
 def parse_hidden(text: str) -> int | list[int]:
@@ -37,20 +29,23 @@ def parse_hidden(text: str) -> int | list[int]:
 @click.command()
 @click.argument("data")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Model file [default: DATA's name + .flowkit].")
-@click.option("--flow", "preset", type=click.Choice(sorted(PRESETS)), default="realnvp", show_default=True)
-@click.option("--transforms", type=click.IntRange(1), default=5, show_default=True)
-@click.option("--hidden", default="64", show_default=True, help="Conditioner width, or widths like 128,128.")
-@click.option("--bins", "num_bins", type=click.IntRange(2), default=8, show_default=True, help="Spline bins.")
-@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--flow", "preset", type=click.Choice(["auto", *sorted(PRESETS)]), default="auto", show_default=True,
+              help="A preset, or auto: chosen with depth, width and schedule from the table's size.")
+@click.option("--transforms", type=click.IntRange(1), default=None, help="Flow layers [default: from the data].")
+@click.option("--hidden", default=None, help="Conditioner width, or widths like 128,128 [default: from the data].")
+@click.option("--bins", "num_bins", type=click.IntRange(2), default=None, help="Spline bins [default: 8].")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="[default: from the data].")
 @click.option("--max-steps", type=click.IntRange(1), default=None)
-@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
-@click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True)
-@click.option("--patience", type=click.IntRange(1), default=20, show_default=True,
-              help="Epochs without validation improvement before stopping.")
-@click.option("--validation-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
-              show_default=True)
-@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None, help="Seconds.")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="[default: from the data].")
+@click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate [default: from the data].")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None, help="[default: from the data].")
+@click.option("--patience", type=click.IntRange(1), default=None,
+              help="Epochs without validation improvement before stopping [default: from the data].")
+@click.option("--validation-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Rows held out for early stopping [default: from the data].")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds for the whole fit; the schedule is sized to end within it.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--toy-samples", type=click.IntRange(2), default=5000, show_default=True,
@@ -69,8 +64,15 @@ def parse_hidden(text: str) -> int | list[int]:
 def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, batch_size, learning_rate,
         weight_decay, patience, validation_fraction, time_limit, seed, device, toy_samples, plot_path, no_plot,
         checkpoint, resume, metrics, use_compile, quiet) -> None:
-    """Fit a flow to DATA (CSV, TSV, text or .npy table, or toy:NAME) by maximum likelihood."""
-    from flowkit.train import fit_density  # imported here so `flowkit --help` stays fast
+    """Fit a flow to DATA (CSV, TSV, text or .npy table, or toy:NAME) by maximum likelihood.
+
+    With the defaults the model starts as the full-covariance Gaussian of the training rows and
+    keeps its best validation weights, so it never scores below that Gaussian on validation; the
+    flow's size and schedule follow the table's size and --time-limit, and are printed.
+    """
+    from flowkit.train.tabular import fit_tabular  # imported here so `flowkit --help` stays fast
+
+    started = time.monotonic()
 
     check_device(device)
     table, name = load_data(data, toy_samples, seed)
@@ -90,34 +92,55 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
         click.echo(f"warning: column(s) {', '.join(map(repr, discrete[:5]))}{', ...' if len(discrete) > 5 else ''} "
                    "hold repeated whole numbers; a continuous density can put spikes on them (adding uniform "
                    "noise in [0, 1) to such columns first is the usual remedy)", err=True)
-    torch.manual_seed(seed)
-    kwargs = preset_arguments(preset, context_features=0, transforms=transforms, hidden_features=parse_hidden(hidden),
-                              num_bins=num_bins, seed=seed)
-    flow = build(preset, features=table.values.shape[1], **kwargs)
-    result = fit_density(
-        flow, standardizer.transform(table.values).astype(np.float32), validation_fraction=validation_fraction,
-        epochs=epochs, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
-        weight_decay=weight_decay, patience=patience, time_limit=time_limit, seed=seed, device=device,
+    overrides = {"preset": None if preset == "auto" else preset, "transforms": transforms,
+                 "hidden_features": None if hidden is None else parse_hidden(hidden), "num_bins": num_bins,
+                 "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "learning_rate": learning_rate,
+                 "weight_decay": weight_decay, "patience": patience, "validation_fraction": validation_fraction}
+    remaining = None if time_limit is None else max(time_limit - (time.monotonic() - started), 1e-3)
+    fitted = fit_tabular(
+        standardizer.transform(table.values), time_limit=remaining, seed=seed, device=device, overrides=overrides,
         checkpoint=str(checkpoint), resume=resume, progress=False if quiet else "auto", metrics_csv=metrics,
-        compile=use_compile, resume_hint="the same `flowkit fit` command with --resume")
+        compile=use_compile, resume_hint="the same `flowkit fit` command with --resume",
+        announce=None if quiet else lambda choice: click.echo(describe_choice(choice), err=True))
+    result = fitted.result
     if result.stopped == "interrupted":
         sys.exit(INTERRUPTED)
-    flow = flow.cpu().eval()
+    flow = fitted.flow
     # The model works on standardised values; report log-likelihoods in the data's own units.
-    validation_nll = None if result.best_validation_loss is None else \
-        float(result.best_validation_loss) - standardizer.log_det
+    shift = standardizer.log_det
+    validation_nll = None if fitted.validation_nll is None else fitted.validation_nll - shift
+    gaussian_validation_nll = None if fitted.gaussian_validation_nll is None else \
+        fitted.gaussian_validation_nll - shift
     metadata = {"data": data, "rows": int(table.values.shape[0]), "steps": int(result.steps),
-                "stopped": result.stopped, "validation_nll": validation_nll,
+                "stopped": result.stopped, "kept": fitted.kept, "choice": fitted.choice.summary(),
+                "choice_reasons": fitted.choice.reasons,
+                "train_nll": fitted.train_nll - shift, "validation_nll": validation_nll,
+                "gaussian_train_nll": fitted.gaussian_train_nll - shift,
+                "gaussian_validation_nll": gaussian_validation_nll,
                 "skipped_steps": int(result.skipped_steps), "history": history_in_data_units(result, standardizer)}
     save_model(output, flow, standardizer, metadata)
     checkpoint.unlink(missing_ok=True)  # the finished model supersedes the run's checkpoint
-    message = f"saved {output} ({preset}, {sum(p.numel() for p in flow.parameters())} parameters, " \
+    name_of_flow = flow.config["preset"]
+    message = f"saved {output} ({name_of_flow}, {sum(p.numel() for p in flow.parameters())} parameters, " \
               f"{result.steps} steps, stopped: {result.stopped}"
     if validation_nll is not None:
-        message += f", validation log-likelihood {-validation_nll:.4f} nats/row"
+        message += f", validation log-likelihood {-validation_nll:.4f} nats/row against the Gaussian's " \
+                   f"{-gaussian_validation_nll:.4f}"
+        if fitted.kept == "gaussian":
+            message += "; the flow did not beat it, so the model is that Gaussian"
     click.echo(message + ")")
     if plot_path is not None:
-        write_fit_picture(flow, table, standardizer, plot_path, f"{preset} on {name}")
+        write_fit_picture(flow, table, standardizer, plot_path, f"{name_of_flow} on {name}")
+
+
+def describe_choice(choice) -> str:
+    """One line saying what ``fit`` chose (or was given) for the flow and its training."""
+    hidden = choice.hidden_features
+    hidden = ",".join(map(str, hidden)) if isinstance(hidden, list) else str(hidden)
+    steps = f", at most {choice.max_steps} steps" if choice.max_steps else ""
+    return (f"flow: {choice.preset}, {choice.transforms} transforms, hidden {hidden}, batch {choice.batch_size}, "
+            f"lr {choice.learning_rate:g}, weight decay {choice.weight_decay:g}, up to {choice.epochs} epochs{steps}, "
+            f"patience {choice.patience}, {choice.validation_fraction:.0%} of rows for validation")
 
 
 def history_in_data_units(result, standardizer: Standardizer) -> list[dict]:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from flowkit.bijectors.autoregressive import MaskedAutoregressive
 from flowkit.bijectors.base import Bijector, Chain, Inverse
 from flowkit.bijectors.coupling import Coupling
-from flowkit.bijectors.linear import LULinear, Permutation
+from flowkit.bijectors.linear import LULinear, Permutation, Whitening
 from flowkit.bijectors.normalization import ActNorm, BatchNorm
 from flowkit.bijectors.transformers import Additive, Affine, RationalQuadraticSpline, Transformer
 from flowkit.distributions import DiagGaussian
@@ -23,16 +23,25 @@ PRESETS: dict[str, Callable[..., Flow]] = {}
 def preset(function: Callable[..., Flow]) -> Callable[..., Flow]:
     """Register a preset and attach its name and keyword arguments to the flow it builds.
 
-    Every registered preset also takes ``trainable_base=True``: the base Gaussian's ``loc`` and
-    ``scale`` become parameters. Spline flows need it to fit a target wider than their tail bound
+    Every registered preset also takes ``whiten=True``: a fixed ``Whitening`` layer at the data end
+    of the chain, which ``flowkit.train.fit_tabular`` sets from the training rows so the flow
+    starts as their full-covariance Gaussian (its values live in the state dict). And every
+    preset takes ``trainable_base=True``: the base Gaussian's ``loc`` and ``scale`` become
+    parameters. Spline flows need it to fit a target wider than their tail bound
     by reverse KL (each spline maps ``[-B, B]`` onto itself and is the identity outside, so with a
     fixed N(0, I) base almost no mass leaves ``[-B, B]``); density fitting of standardised data
     does not.
     """
 
     @functools.wraps(function)
-    def build_flow(features: int, trainable_base: bool = False, **kwargs) -> Flow:
+    def build_flow(features: int, trainable_base: bool = False, whiten: bool = False, **kwargs) -> Flow:
         flow = function(features, **kwargs)
+        if whiten:
+            if not hasattr(flow, "bijector"):
+                raise ValueError(f"{function.__name__} has no flowkit chain to put a whitening layer in")
+            body = list(flow.bijector.bijectors) if isinstance(flow.bijector, Chain) else [flow.bijector]
+            flow.bijector = Chain([Whitening(features), *body])
+            kwargs["whiten"] = True
         if trainable_base:
             if not isinstance(getattr(flow, "base", None), DiagGaussian):
                 raise ValueError(f"{function.__name__} has no flowkit base distribution to train")

@@ -26,7 +26,7 @@ from flowkit.bijectors import (
 )
 from flowkit.bijectors.autoregressive import MaskedAutoregressive
 from flowkit.bijectors.elementwise import Logit, Sigmoid, Softplus
-from flowkit.bijectors.linear import LULinear
+from flowkit.bijectors.linear import LULinear, Whitening
 from flowkit.bijectors.normalization import BatchNorm
 from flowkit.bijectors.transformers import RationalQuadraticSpline
 from flowkit.distributions import DiagGaussian
@@ -111,6 +111,9 @@ BIJECTOR_CASES: list[Case] = [
                                               order="random", seed=5)), 3, context_features=2),
     # Linear, normalisation and elementwise layers (splines, LU, batch norm, fixed maps).
     Case("lu-linear", lambda: LULinear(4, seed=1), 4, identity_at_init=False),
+    Case("whitening", lambda: Whitening(3).fit(torch.randn(200, 3) @ torch.tensor([[1.0, 0.7, 0.0], [0.0, 0.5, 0.2],
+                                                                                   [0.0, 0.0, 2.0]])),
+         3, identity_at_init=False, has_parameters=False),
     Case("lu-linear-no-permutation-no-bias", lambda: LULinear(3, permute=False, bias=False), 3),
     # eps=1e-9: the init map is x / sqrt(1 + eps), within the identity test's 1e-6 only for small eps.
     Case("batchnorm", lambda: BatchNorm(3, eps=1e-9), 3),

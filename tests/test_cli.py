@@ -101,7 +101,7 @@ def test_score_matches_the_model_density(fitted, tmp_path: Path) -> None:
 def test_info_and_plots(fitted, tmp_path: Path) -> None:
     model, data = fitted
     result = run("info", str(model))
-    assert result.exit_code == 0 and "realnvp" in result.output and "width, height" in result.output
+    assert result.exit_code == 0 and "nsf" in result.output and "width, height" in result.output
     assert run("plot", str(model), str(data), "-o", str(tmp_path / "p.png")).exit_code == 0
     assert run("plot", str(model), "--layers", "-o", str(tmp_path / "l.png")).exit_code == 0
     assert run("plot", str(model), "--history", "-o", str(tmp_path / "h.png")).exit_code == 0
@@ -127,16 +127,16 @@ def test_fit_a_named_toy(tmp_path: Path) -> None:
 
 
 def test_fit_passes_training_options_through(tmp_path: Path, monkeypatch) -> None:
-    import flowkit.train
+    import flowkit.train.tabular
 
     seen = {}
-    real = flowkit.train.fit_density
+    real = flowkit.train.tabular.fit_density
 
     def spy(flow, data, **kwargs):
         seen.update(kwargs)
         return real(flow, data, **{**kwargs, "compile": False})
 
-    monkeypatch.setattr(flowkit.train, "fit_density", spy)
+    monkeypatch.setattr(flowkit.train.tabular, "fit_density", spy)
     result = run("fit", "toy:rings", "--toy-samples", "300", "-o", str(tmp_path / "m.flowkit"), "--no-plot",
                  "--compile", "--lr", "0.002", "--patience", "7", "--seed", "5", *FAST)
     assert result.exit_code == 0, result.output
@@ -189,7 +189,8 @@ def test_score_refuses_wrong_columns_and_corrupt_models(fitted, tmp_path: Path) 
 def test_interrupted_fit_keeps_checkpoint_and_resumes(tmp_path: Path) -> None:
     model = tmp_path / "m.flowkit"
     arguments = ["fit", "toy:two_moons", "--toy-samples", "2000", "-o", str(model), "--epochs", "100",
-                 "--patience", "1000", "--transforms", "2", "--hidden", "16", "--no-plot"]
+                 "--patience", "1000", "--transforms", "2", "--hidden", "16", "--no-plot", "--batch-size", "256",
+                 "--validation-fraction", "0.1"]
     # -q and no stdout pipe: nothing the test does not read can fill a pipe and stall the run.
     process = subprocess.Popen([str(Path(sys.executable).with_name("flowkit")), "--threads", "1", *arguments, "-q"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

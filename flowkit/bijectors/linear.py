@@ -132,3 +132,63 @@ class LULinear(Bijector):
         y = torch.linalg.solve_triangular(lower.T, y, upper=True, left=False, unitriangular=True)
         x = torch.linalg.solve_triangular(upper.T, y, upper=False, left=False)
         return x, -torch.log(diagonal).sum().expand(z.shape[0])
+
+
+class Whitening(Bijector):
+    """Fixed affine whitening ``z = W (x - loc)``, ``W`` lower triangular with a positive diagonal.
+
+    Fitted to data (``fit``), ``W`` is the inverse Cholesky factor of the rows' covariance, so a
+    flow whose chain starts with this layer and is otherwise the identity is exactly the
+    full-covariance Gaussian of those rows: tabular models start from that baseline and train
+    from there. ``loc`` and ``W`` are buffers (saved with the model, never trained), so weight
+    decay cannot pull the model away from the Gaussian.
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(500, 3, dtype=torch.float64) @ torch.tensor([[2.0, 0.5, 0], [0, 1, 0], [0, 0, 3]],
+        ...                                                                dtype=torch.float64)
+        >>> layer = Whitening(3).to(torch.float64).fit(x)
+        >>> z, _ = layer(x)
+        >>> torch.allclose(torch.cov(z.T, correction=0), torch.eye(3, dtype=torch.float64), atol=1e-8)
+        True
+    """
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.features = features
+        self.register_buffer("loc", torch.zeros(features))
+        self.register_buffer("weight", torch.eye(features))
+
+    @torch.no_grad()
+    def fit(self, x: Tensor, shrinkage: float = 0.0) -> Whitening:
+        """Set ``loc`` and ``W`` from the mean and covariance of the rows of ``x`` (divided by the
+        row count, the maximum-likelihood estimate), shrunk towards its diagonal by
+        ``shrinkage`` in [0, 1]: ``(1 - s) S + s diag(S)``, which is positive definite even with
+        fewer rows than columns. Returns the layer.
+
+        Raises:
+            ValueError: the (shrunk) covariance is not positive definite.
+        """
+        if not 0.0 <= shrinkage <= 1.0:
+            raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage}")
+        x = x.detach().to(torch.float64)
+        loc = x.mean(0)
+        centred = x - loc
+        covariance = centred.T @ centred / x.shape[0]
+        covariance = (1 - shrinkage) * covariance + shrinkage * torch.diag(torch.diagonal(covariance))
+        factor, info = torch.linalg.cholesky_ex(covariance)
+        if int(info) != 0 or not bool(torch.isfinite(factor).all()):
+            raise ValueError("the covariance of these rows is not positive definite (collinear columns?)")
+        weight = torch.linalg.solve_triangular(factor, torch.eye(self.features, dtype=factor.dtype), upper=False)
+        self.loc.copy_(loc)
+        self.weight.copy_(torch.tril(weight))
+        return self
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        z = (x - self.loc) @ self.weight.T
+        return z, torch.log(torch.diagonal(self.weight)).sum().expand(x.shape[0])
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        # Rows are samples: (x - loc) W^T = z, one triangular solve against W^T (upper).
+        x = torch.linalg.solve_triangular(self.weight.T, z, upper=True, left=False) + self.loc
+        return x, -torch.log(torch.diagonal(self.weight)).sum().expand(z.shape[0])
