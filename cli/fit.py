@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -72,7 +73,7 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
     """
     from flowkit.train.tabular import fit_tabular  # imported here so `flowkit --help` stays fast
 
-    started = time.monotonic()
+    started = time.monotonic() - seconds_since_start()
 
     check_device(device)
     table, name = load_data(data, toy_samples, seed)
@@ -101,7 +102,7 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
         standardizer.transform(table.values), time_limit=remaining, seed=seed, device=device, overrides=overrides,
         checkpoint=str(checkpoint), resume=resume, progress=False if quiet else "auto", metrics_csv=metrics,
         compile=use_compile, resume_hint="the same `flowkit fit` command with --resume",
-        announce=None if quiet else lambda choice: click.echo(describe_choice(choice), err=True))
+        announce=None if quiet else lambda line: click.echo(line, err=True))
     result = fitted.result
     if result.stopped == "interrupted":
         sys.exit(INTERRUPTED)
@@ -123,6 +124,7 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
     name_of_flow = flow.config["preset"]
     message = f"saved {output} ({name_of_flow}, {sum(p.numel() for p in flow.parameters())} parameters, " \
               f"{result.steps} steps, stopped: {result.stopped}"
+    click.echo(f"chose {describe_choice(fitted.choice)}", err=True)
     if validation_nll is not None:
         message += f", validation log-likelihood {-validation_nll:.4f} nats/row against the Gaussian's " \
                    f"{-gaussian_validation_nll:.4f}"
@@ -133,12 +135,26 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
         write_fit_picture(flow, table, standardizer, plot_path, f"{name_of_flow} on {name}")
 
 
+def seconds_since_start() -> float:
+    """Seconds since this process started, so --time-limit bounds the whole command, Python's and
+    torch's start-up included (Linux; elsewhere, from when this module was imported)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.monotonic() - IMPORTED
+
+
+IMPORTED = time.monotonic()
+
+
 def describe_choice(choice) -> str:
     """One line saying what ``fit`` chose (or was given) for the flow and its training."""
     hidden = choice.hidden_features
     hidden = ",".join(map(str, hidden)) if isinstance(hidden, list) else str(hidden)
     steps = f", at most {choice.max_steps} steps" if choice.max_steps else ""
-    return (f"flow: {choice.preset}, {choice.transforms} transforms, hidden {hidden}, batch {choice.batch_size}, "
+    return (f"{choice.preset}, {choice.transforms} transforms, hidden {hidden}, batch {choice.batch_size}, "
             f"lr {choice.learning_rate:g}, weight decay {choice.weight_decay:g}, up to {choice.epochs} epochs{steps}, "
             f"patience {choice.patience}, {choice.validation_fraction:.0%} of rows for validation")
 

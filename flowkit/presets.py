@@ -23,9 +23,9 @@ PRESETS: dict[str, Callable[..., Flow]] = {}
 def preset(function: Callable[..., Flow]) -> Callable[..., Flow]:
     """Register a preset and attach its name and keyword arguments to the flow it builds.
 
-    Every registered preset also takes ``whiten=True``: a fixed ``Whitening`` layer at the data end
-    of the chain, which ``flowkit.train.fit_tabular`` sets from the training rows so the flow
-    starts as their full-covariance Gaussian (its values live in the state dict). And every
+    Every registered preset also takes ``whiten=True``: a learned ``Whitening`` layer at the latent
+    end of the chain, which ``flowkit.train.fit_tabular`` initialises from the training rows so the
+    flow starts as their full-covariance Gaussian. And every
     preset takes ``trainable_base=True``: the base Gaussian's ``loc`` and ``scale`` become
     parameters. Spline flows need it to fit a target wider than their tail bound
     by reverse KL (each spline maps ``[-B, B]`` onto itself and is the identity outside, so with a
@@ -40,7 +40,7 @@ def preset(function: Callable[..., Flow]) -> Callable[..., Flow]:
             if not hasattr(flow, "bijector"):
                 raise ValueError(f"{function.__name__} has no flowkit chain to put a whitening layer in")
             body = list(flow.bijector.bijectors) if isinstance(flow.bijector, Chain) else [flow.bijector]
-            flow.bijector = Chain([Whitening(features), *body])
+            flow.bijector = Chain([*body, Whitening(features)])
             kwargs["whiten"] = True
         if trainable_base:
             if not isinstance(getattr(flow, "base", None), DiagGaussian):

@@ -113,7 +113,7 @@ BIJECTOR_CASES: list[Case] = [
     Case("lu-linear", lambda: LULinear(4, seed=1), 4, identity_at_init=False),
     Case("whitening", lambda: Whitening(3).fit(torch.randn(200, 3) @ torch.tensor([[1.0, 0.7, 0.0], [0.0, 0.5, 0.2],
                                                                                    [0.0, 0.0, 2.0]])),
-         3, identity_at_init=False, has_parameters=False),
+         3, identity_at_init=False),
     Case("lu-linear-no-permutation-no-bias", lambda: LULinear(3, permute=False, bias=False), 3),
     # eps=1e-9: the init map is x / sqrt(1 + eps), within the identity test's 1e-6 only for small eps.
     Case("batchnorm", lambda: BatchNorm(3, eps=1e-9), 3),

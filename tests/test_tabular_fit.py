@@ -10,7 +10,7 @@ import torch
 
 import flowkit
 from flowkit.train.sizing import choose
-from flowkit.train.tabular import best_shrinkage, fit_tabular, gaussian_flow, mean_nll
+from flowkit.train.tabular import best_shrinkage, fit_tabular, fit_whitening, gaussian_flow, mean_nll
 
 
 def correlated(rows: int, features: int, seed: int = 0) -> torch.Tensor:
@@ -23,7 +23,7 @@ def correlated(rows: int, features: int, seed: int = 0) -> torch.Tensor:
 def test_a_whitened_flow_starts_as_the_gaussian_of_its_rows(preset: str) -> None:
     x = correlated(300, 4)
     flow = flowkit.build(preset, features=4, transforms=2, hidden_features=16, whiten=True).double()
-    flow.bijector[0].fit(x)
+    fit_whitening(flow, x)
     mean, covariance = x.mean(0), torch.cov(x.T, correction=0)
     expected = torch.distributions.MultivariateNormal(mean, covariance).log_prob(x)
     torch.testing.assert_close(flow.log_prob(x), expected, rtol=1e-9, atol=1e-9)
@@ -76,4 +76,17 @@ def test_a_time_limit_bounds_the_fit() -> None:
     started = time.monotonic()
     fitted = fit_tabular(x, time_limit=4.0, progress=False)
     assert time.monotonic() - started < 4.0 * 1.5 + 1.0
-    assert fitted.choice.max_steps is not None and fitted.result.steps <= fitted.choice.max_steps
+    # the race took its share and the winner's learning rate decayed with the time it used
+    assert fitted.result.stopped in ("time_limit", "early_stopping")
+    if fitted.result.stopped == "time_limit":
+        assert fitted.result.history[-1]["learning_rate"] < 0.2 * fitted.choice.learning_rate
+
+
+def test_candidates_race_and_the_best_on_validation_wins() -> None:
+    x = correlated(600, 3)
+    x[:, 0] = torch.exp(x[:, 0] / 3)
+    lines: list[str] = []
+    fitted = fit_tabular(x, progress=False, overrides={"epochs": 4}, announce=lines.append)
+    assert lines[0].startswith("racing") and len(lines) == 4  # three candidates, one line each
+    scores = [float(line.split("validation ")[1].split()[0]) for line in lines[1:]]
+    assert fitted.choice.transforms == choose(600, 3, rung=[0, 1, 2][int(np.argmin(scores))]).transforms

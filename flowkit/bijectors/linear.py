@@ -135,13 +135,17 @@ class LULinear(Bijector):
 
 
 class Whitening(Bijector):
-    """Fixed affine whitening ``z = W (x - loc)``, ``W`` lower triangular with a positive diagonal.
+    """Learned affine map ``z = W (x - loc)``, ``W`` lower triangular with a positive diagonal,
+    initialised from data to whiten it.
 
-    Fitted to data (``fit``), ``W`` is the inverse Cholesky factor of the rows' covariance, so a
-    flow whose chain starts with this layer and is otherwise the identity is exactly the
-    full-covariance Gaussian of those rows: tabular models start from that baseline and train
-    from there. ``loc`` and ``W`` are buffers (saved with the model, never trained), so weight
-    decay cannot pull the model away from the Gaussian.
+    Fitted to rows (``fit``), ``W`` is the inverse Cholesky factor of their covariance, so a flow
+    whose other layers are the identity is exactly the full-covariance Gaussian of those rows:
+    tabular models put this layer at the latent end of their chain (next to the base), start as
+    that Gaussian and train from there. At the latent end the other layers still see the data's
+    own axes, where non-Gaussian structure (bounded, skewed or discrete-looking columns) is
+    aligned with the features; placed at the data end it mixes them, and measured on the digits
+    table that stalled training (-125 against -99 nats after 60 steps). ``loc``, the strict lower
+    triangle and the log-diagonal are parameters.
 
     Example:
         >>> import torch
@@ -156,8 +160,9 @@ class Whitening(Bijector):
     def __init__(self, features: int) -> None:
         super().__init__()
         self.features = features
-        self.register_buffer("loc", torch.zeros(features))
-        self.register_buffer("weight", torch.eye(features))
+        self.loc = nn.Parameter(torch.zeros(features))
+        self.lower = nn.Parameter(torch.zeros(features, features))  # only the strict lower triangle is used
+        self.log_diagonal = nn.Parameter(torch.zeros(features))
 
     @torch.no_grad()
     def fit(self, x: Tensor, shrinkage: float = 0.0) -> Whitening:
@@ -181,14 +186,19 @@ class Whitening(Bijector):
             raise ValueError("the covariance of these rows is not positive definite (collinear columns?)")
         weight = torch.linalg.solve_triangular(factor, torch.eye(self.features, dtype=factor.dtype), upper=False)
         self.loc.copy_(loc)
-        self.weight.copy_(torch.tril(weight))
+        self.lower.copy_(torch.tril(weight, -1))
+        self.log_diagonal.copy_(torch.log(torch.diagonal(weight)))
         return self
 
+    def weight(self) -> Tensor:
+        """The lower-triangular matrix ``W``."""
+        return torch.tril(self.lower, -1) + torch.diag(self.log_diagonal.exp())
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        z = (x - self.loc) @ self.weight.T
-        return z, torch.log(torch.diagonal(self.weight)).sum().expand(x.shape[0])
+        z = (x - self.loc) @ self.weight().T
+        return z, self.log_diagonal.sum().expand(x.shape[0])
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         # Rows are samples: (x - loc) W^T = z, one triangular solve against W^T (upper).
-        x = torch.linalg.solve_triangular(self.weight.T, z, upper=True, left=False) + self.loc
-        return x, -torch.log(torch.diagonal(self.weight)).sum().expand(z.shape[0])
+        x = torch.linalg.solve_triangular(self.weight().T, z, upper=True, left=False) + self.loc
+        return x, -self.log_diagonal.sum().expand(z.shape[0])

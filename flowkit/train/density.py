@@ -92,6 +92,7 @@ def fit_density(
     learning_rate: float = 1e-3,
     weight_decay: float = 0.0,
     schedule: str = "cosine",
+    schedule_by_time: bool = False,
     warmup_steps: int = 0,
     clip_grad_norm: float | None = 5.0,
     patience: int | None = 20,
@@ -130,6 +131,8 @@ def fit_density(
         learning_rate: AdamW's peak learning rate.
         weight_decay: AdamW's decoupled weight decay.
         schedule: ``"cosine"``, ``"constant"`` or ``"linear"`` decay after warm-up.
+        schedule_by_time: with ``time_limit``, decay the learning rate by the share of the time
+            used as well as of the steps, so the schedule ends at the deadline.
         warmup_steps: steps of linear learning-rate warm-up.
         clip_grad_norm: clip the global gradient norm to this (None: no clipping).
         patience: epochs without a better validation loss before stopping (None: never).
@@ -263,7 +266,8 @@ def fit_density(
 
         config = LoopConfig(
             total_steps=total_steps, steps_per_record=steps_per_epoch, learning_rate=learning_rate,
-            weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps,
+            weight_decay=weight_decay, schedule=schedule, schedule_by_time=schedule_by_time,
+            warmup_steps=warmup_steps,
             clip_grad_norm=clip_grad_norm, patience=patience, time_limit=time_limit, seed=seed,
             checkpoint=checkpoint, resume=resume, progress=progress, metrics_csv=metrics_csv,
             tensorboard_dir=tensorboard_dir, checkpoint_interval=checkpoint_interval,

@@ -55,6 +55,8 @@ class LoopConfig:
             a stop and the end are always saved), so runs of many short epochs are not slowed.
         resume_hint: how to resume, quoted in the message after an interruption.
         fingerprint: plain values describing the run; a resume warns when they differ.
+        schedule_by_time: with a ``time_limit``, the learning-rate decay also follows the share
+            of the time used, so the schedule ends at the deadline (see ``Schedule.rate``).
         Other attributes are the ``fit_*`` keywords of the same name.
     """
 
@@ -63,6 +65,7 @@ class LoopConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     schedule: str = "cosine"
+    schedule_by_time: bool = False
     warmup_steps: int = 0
     clip_grad_norm: float | None = 5.0
     patience: int | None = None
@@ -262,7 +265,10 @@ class _Loop:
         any rank was asked to stop or ran out of time (all ranks then agree).
         """
         run, distributed, config = self.run_state, self.distributed, self.config
-        rate = self.schedule.apply(run.step)
+        elapsed = 0.0
+        if config.schedule_by_time and config.time_limit:
+            elapsed = (time.monotonic() - call_started) / config.time_limit
+        rate = self.schedule.apply(run.step, elapsed)
         loss, samples = self.compute_loss(run.step)
         self.optimizer.zero_grad(set_to_none=True)
         # only the trained parameters get gradients: a log_target's own parameters stay untouched

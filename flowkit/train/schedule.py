@@ -78,20 +78,26 @@ class Schedule:
         self.warmup_steps = int(warmup_steps)
         self.scale = 1.0  # lowered by each roll-back after repeated non-finite steps
 
-    def rate(self, step: int) -> float:
-        """The learning rate used by optimiser step ``step`` (counting from 0)."""
+    def rate(self, step: int, elapsed: float = 0.0) -> float:
+        """The learning rate used by optimiser step ``step`` (counting from 0).
+
+        ``elapsed`` is the share of a time budget used so far: the decay follows whichever of the
+        steps and the time is further along, so a run cut by its time limit still ends its
+        schedule at the deadline, however fast its steps turned out to be.
+        """
         if step < self.warmup_steps:
             return self.scale * self.learning_rate * (step + 1) / self.warmup_steps
         if self.kind == "constant":
             factor = 1.0
         else:
-            progress = min((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1), 1.0)
+            progress = (step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1)
+            progress = min(max(progress, elapsed), 1.0)
             factor = 0.5 * (1.0 + math.cos(math.pi * progress)) if self.kind == "cosine" else 1.0 - progress
         return self.scale * self.learning_rate * factor
 
-    def apply(self, step: int) -> float:
-        """Write ``rate(step)`` into every parameter group and return it (no device sync)."""
-        rate = self.rate(step)
+    def apply(self, step: int, elapsed: float = 0.0) -> float:
+        """Write ``rate(step, elapsed)`` into every parameter group and return it (no device sync)."""
+        rate = self.rate(step, elapsed)
         for group in self.optimizer.param_groups:
             group["lr"] = rate
         return rate

@@ -26,6 +26,7 @@ class Choice:
     transforms: int
     hidden_features: int | list[int]
     num_bins: int
+    tail_bound: float
     batch_size: int
     learning_rate: float
     weight_decay: float
@@ -41,7 +42,7 @@ class Choice:
         from flowkit.presets import PRESETS
 
         arguments = {"transforms": self.transforms, "hidden_features": self.hidden_features, "seed": seed,
-                     "num_bins": self.num_bins}
+                     "num_bins": self.num_bins, "tail_bound": self.tail_bound}
         accepted = inspect.signature(PRESETS[self.preset]).parameters
         return {name: value for name, value in arguments.items() if name in accepted}
 
@@ -50,40 +51,51 @@ class Choice:
         return {key: value for key, value in asdict(self).items() if key != "reasons"}
 
 
-OVERRIDABLE = ("preset", "transforms", "hidden_features", "num_bins", "batch_size", "learning_rate",
+OVERRIDABLE = ("preset", "transforms", "hidden_features", "num_bins", "tail_bound", "batch_size", "learning_rate",
                "weight_decay", "epochs", "max_steps", "patience", "validation_fraction")
 
 
+# Bodies from small to large: (transforms, hidden width).
+LADDER = ((2, 32), (2, 64), (3, 128), (5, 256), (5, 512))
+STRUCTURE = ("preset", "transforms", "hidden_features")  # given any of these, no race
+RACE_MAX_ROWS = 200_000  # above this a race costs more than the budget it informs
+MIN_PATIENCE_STEPS = 400  # tiny tables have one step an epoch: patience counts at least these steps
+
+
+def _rung(rows: int) -> int:
+    """The body for a table of ``rows``: the ladder rung it starts the race from."""
+    return 1 if rows < 1000 else 2 if rows < 20_000 else 3 if rows < 200_000 else 4
+
+
 def choose(rows: int, features: int, time_limit: float | None = None, context_features: int = 0,
-           overrides: dict[str, Any] | None = None) -> Choice:
-    """The configuration for a table of ``rows`` x ``features``.
+           overrides: dict[str, Any] | None = None, rung: int | None = None) -> Choice:
+    """The configuration for a table of ``rows`` x ``features`` (with the body of ladder ``rung``,
+    by default the one its row count suggests), with ``overrides`` applied.
 
     Example:
-        >>> small, large = choose(200, 10), choose(100_000, 10)
+        >>> small, large = choose(200, 10), choose(500_000, 10)
         >>> small.transforms < large.transforms and small.weight_decay > large.weight_decay
         True
     """
     reasons: dict[str, str] = {}
-    if rows < 1000:
-        transforms, width, decay = 2, 32, 1e-2
-        reasons["size"] = f"{rows} rows: a small body with strong weight decay, as few rows overfit fast"
-    elif rows < 5000:
-        transforms, width, decay = 3, 64, 1e-3
-        reasons["size"] = f"{rows} rows: a middle-sized body"
-    elif rows < 50_000:
-        transforms, width, decay = 4, 128, 1e-4
-        reasons["size"] = f"{rows} rows: a large body"
-    else:
-        transforms, width, decay = 5, 256, 0.0
-        reasons["size"] = f"{rows} rows: the largest body, which this many rows do not overfit"
-    width = max(width, 2 * (features + context_features))  # MADE needs units for every degree
+    rung = _rung(rows) if rung is None else rung
+    transforms, width = LADDER[rung]
+    width = max(width, 2 * (features + context_features))  # MADE wants units for every degree
+    reasons["size"] = f"{transforms} transforms of width {width}: ladder rung {rung} of {len(LADDER) - 1}"
+    decay = 1e-3 if rows < 1000 else 1e-4 if rows < 20_000 else 1e-5
+    reasons["weight_decay"] = f"{decay:g} for {rows} rows: fewer rows, more decay"
     batch_size = int(min(512, max(32, 2 ** round(_log2(rows / 20)))))
     reasons["batch_size"] = "about 20 steps an epoch, between 32 and 512 rows"
     validation_fraction = 0.2 if rows < 5000 else 0.1
-    reasons["validation_fraction"] = "a larger share on small tables, so early stopping has a steady signal"
+    reasons["validation_fraction"] = "a larger share on small tables, so early stopping has a steadier signal"
+    steps_per_epoch = max(1, math.ceil(rows * (1 - validation_fraction) / batch_size))
+    patience = max(20, math.ceil(MIN_PATIENCE_STEPS / steps_per_epoch))
+    reasons["patience"] = f"epochs of at least {MIN_PATIENCE_STEPS} steps without a better validation score"
+    epochs = max(200, math.ceil(20_000 / steps_per_epoch)) if time_limit is None else 100_000
+    reasons["epochs"] = "until early stopping" if time_limit is None else "until early stopping or the time limit"
     choice = Choice(
-        preset="nsf", transforms=transforms, hidden_features=width, num_bins=8, batch_size=batch_size,
-        learning_rate=1e-3, weight_decay=decay, epochs=1000 if rows < 5000 else 300, patience=30 if rows < 5000 else 15,
+        preset="nsf", transforms=transforms, hidden_features=width, num_bins=8, tail_bound=5.0, batch_size=batch_size,
+        learning_rate=1e-3, weight_decay=decay, epochs=epochs, patience=patience,
         validation_fraction=validation_fraction, reasons=reasons)
     reasons["preset"] = "autoregressive splines: flexible marginals and dependence, one-pass sampling in flowkit"
     for key, value in (overrides or {}).items():
@@ -93,6 +105,23 @@ def choose(rows: int, features: int, time_limit: float | None = None, context_fe
             setattr(choice, key, value)
             reasons[key] = "given"
     return choice
+
+
+def candidates(rows: int, features: int, time_limit: float | None = None, context_features: int = 0,
+               overrides: dict[str, Any] | None = None) -> list[Choice]:
+    """The configurations that race on the validation rows: the body the row count suggests and
+    its neighbours on the ladder, or the one configuration the overrides pin down.
+
+    Example:
+        >>> [c.transforms for c in candidates(3000, 10)], len(candidates(3000, 10, overrides={"transforms": 4}))
+        ([2, 3, 5], 1)
+    """
+    overrides = overrides or {}
+    if any(overrides.get(key) is not None for key in STRUCTURE) or rows >= RACE_MAX_ROWS:
+        return [choose(rows, features, time_limit, context_features, overrides)]
+    middle = _rung(rows)
+    rungs = range(max(0, middle - 1), min(len(LADDER), middle + 2))
+    return [choose(rows, features, time_limit, context_features, overrides, rung) for rung in rungs]
 
 
 def _log2(value: float) -> float:

@@ -1,7 +1,7 @@
 """Fitting a density to a table with defaults that follow the data: ``fit_tabular``.
 
-The model starts as the full-covariance Gaussian of the training rows (a fixed ``Whitening``
-layer, its covariance shrunk towards the diagonal by the amount that scores best on the
+The model starts as the full-covariance Gaussian of the training rows (a ``Whitening`` layer
+at the latent end, initialised with their covariance shrunk towards the diagonal by the amount that scores best on the
 validation rows) and a flow body that starts as the identity. Training keeps its best
 validation weights, and the Gaussian itself is one of the candidates: the fitted model's
 validation log-likelihood is never below the Gaussian's, by construction. The body's size,
@@ -11,11 +11,13 @@ regularisation and schedule come from ``flowkit.train.sizing.choose`` (rows, col
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,10 +25,13 @@ import torch
 from torch import Tensor
 
 from flowkit.flow import Flow
+from flowkit.io import atomic_write
 from flowkit.presets import build
 from flowkit.train.density import as_rows, fit_density
 from flowkit.train.result import FitResult
-from flowkit.train.sizing import SHRINKAGE_GRID, Choice, choose
+from flowkit.train.sizing import SHRINKAGE_GRID, Choice, candidates
+
+RACE_SHARE = 0.5  # of a time limit, spent racing the candidates
 
 __all__ = ["TabularFit", "fit_tabular", "gaussian_flow", "mean_nll"]
 
@@ -36,7 +41,7 @@ class TabularFit:
     """What ``fit_tabular`` returns.
 
     Attributes:
-        flow: the fitted flow (its first layer whitens; CPU, eval mode).
+        flow: the fitted flow (its last layer whitens; CPU, eval mode).
         result: the training run's ``FitResult`` (None when the Gaussian won before training).
         choice: the configuration used, with the reason for each choice.
         gaussian: the full-covariance Gaussian of the training rows as a ``Flow`` (for baselines).
@@ -81,14 +86,27 @@ def gaussian_flow(x: Tensor, shrinkage: float = 0.0, context_features: int = 0) 
         >>> import torch
         >>> x = torch.randn(1000, 2, dtype=torch.float64) * torch.tensor([1.0, 3.0], dtype=torch.float64)
         >>> flow = gaussian_flow(x)
-        >>> round(flow.sample(100000).std(0)[1].item(), 1)
-        3.0
+        >>> torch.allclose(flow.sample(200000).std(0), x.std(0), rtol=0.02)
+        True
     """
     flow = build("maf", features=x.shape[1], context_features=context_features, transforms=1,
                  hidden_features=8, whiten=True).to(x.dtype)
-    flow.bijector = type(flow.bijector)([flow.bijector[0]])  # the whitening layer alone
+    flow.bijector = type(flow.bijector)([flow.bijector[-1]])  # the whitening layer alone
     flow.bijector[0].fit(x, shrinkage)
     return flow.eval()
+
+
+@torch.no_grad()
+def fit_whitening(flow: Flow, x: Tensor, context: Tensor | None = None, shrinkage: float = 0.0) -> None:
+    """Initialise the latent-end ``Whitening`` layer of ``flow`` on the rows as the layers before it
+    map them (at initialisation those are the identity up to permutations), so the flow starts
+    as exactly the full-covariance Gaussian of ``x``."""
+    layers = flow.bijector.bijectors
+    y = x.to(layers[-1].loc.dtype)
+    c = None if context is None else context.to(y.dtype)
+    for layer in layers[:-1]:
+        y, _ = layer(y, c)
+    layers[-1].fit(y, shrinkage)
 
 
 def best_shrinkage(train: Tensor, validation: Tensor | None) -> tuple[float, float | None]:
@@ -116,25 +134,10 @@ def _split(rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarra
     return np.sort(order[held_out:]), np.sort(order[:held_out])
 
 
-def _seconds_per_step(flow: Flow, x: Tensor, context: Tensor | None, batch_size: int, device: torch.device) -> float:
-    """Wall-clock seconds of one training step of ``flow`` at ``batch_size`` (a few steps of a copy)."""
-    trial = copy.deepcopy(flow).to(device).train()
-    optimizer = torch.optim.Adam(trial.parameters(), lr=1e-6)
-    generator = torch.Generator().manual_seed(0)
-    timings = []
-    for _ in range(4):
-        index = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=generator)
-        xb = x[index].to(device)
-        cb = None if context is None else context[index].to(device)
-        started = time.perf_counter()
-        loss = -trial(xb, cb).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        timings.append(time.perf_counter() - started)
-    return float(np.median(timings[1:]))  # the first step pays one-off allocation
+def _sidecar(checkpoint: str | os.PathLike[str] | None) -> Path | None:
+    """Where the configuration that won the race is kept beside the checkpoint, so ``resume``
+    rebuilds the same model without racing again."""
+    return None if checkpoint is None else Path(f"{checkpoint}.choice.json")
 
 
 def fit_tabular(
@@ -152,22 +155,31 @@ def fit_tabular(
     compile: bool = False,
     resume_hint: str | None = None,
     dtype: torch.dtype = torch.float32,
-    announce: Callable[[Choice], None] | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> TabularFit:
     """Fit a flow to the rows of ``data`` with a configuration chosen from its size.
+
+    A few bodies (``flowkit.train.sizing.candidates``: the size the row count suggests and its
+    neighbours) race on the validation rows; the best continues. With ``time_limit`` the race
+    takes half the time (a share each) and the winner the rest, each stage's learning rate
+    decaying with the time it has used; without one each candidate trains to early stopping
+    and the best is kept. Every candidate starts as the Gaussian and keeps its best validation
+    weights, and the Gaussian wins if no flow beats it.
 
     Args:
         data: ``(rows, columns)`` values (standardised or not: the whitening layer adapts).
         context: ``(rows, context_columns)`` conditioning, for a conditional density.
-        time_limit: seconds for the whole fit; the schedule is sized to end within it.
+        time_limit: seconds for the whole fit, race included.
         seed: seeds the split, the initialisation and the shuffles.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         overrides: ``Choice`` fields to set instead of choosing them (``preset``, ``transforms``,
-            ``hidden_features``, ``num_bins``, ``batch_size``, ``learning_rate``,
-            ``weight_decay``, ``epochs``, ``max_steps``, ``patience``, ``validation_fraction``).
-        progress, checkpoint, resume, metrics_csv, compile, resume_hint: as for ``fit_density``.
+            ``hidden_features``, ``num_bins``, ``tail_bound``, ``batch_size``, ``learning_rate``,
+            ``weight_decay``, ``epochs``, ``max_steps``, ``patience``, ``validation_fraction``);
+            any of the first three fixes the body, and then nothing races.
+        progress, checkpoint, resume, metrics_csv, compile, resume_hint: as for ``fit_density``
+            (checkpoints cover the last stage: a run interrupted in the race starts afresh).
         dtype: the model's floating-point type.
-        announce: called with the final ``Choice`` just before training starts.
+        announce: called with a line of text for each decision (the candidates, the winner).
 
     Returns:
         A ``TabularFit``.
@@ -175,75 +187,117 @@ def fit_tabular(
     Example:
         >>> import torch
         >>> x = torch.randn(400, 3) @ torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.0, 0.0, 1.0]])
-        >>> fit = fit_tabular(x, overrides={"epochs": 3}, progress=False)
+        >>> fit = fit_tabular(x, overrides={"epochs": 3, "transforms": 1}, progress=False)
         >>> fit.validation_nll <= fit.gaussian_validation_nll
         True
     """
     started = time.monotonic()
+    say = announce or (lambda line: None)
     x = as_rows(data, torch.float64, "data")
     c = None if context is None else as_rows(context, torch.float64, "context")
     if c is not None and c.shape[0] != x.shape[0]:
         raise ValueError(f"context has {c.shape[0]} rows but data has {x.shape[0]}")
     rows, features = x.shape
-    choice = choose(rows, features, time_limit, context_features=0 if c is None else c.shape[1],
-                    overrides=overrides)
-    train_rows, validation_rows = _split(rows, choice.validation_fraction, seed)
+    context_features = 0 if c is None else c.shape[1]
+    sidecar = _sidecar(checkpoint)
+    if resume and sidecar is not None and sidecar.is_file():
+        saved = json.loads(sidecar.read_text())
+        field_names = {f.name for f in fields(Choice)}
+        choices = [Choice(**{key: value for key, value in saved.items() if key in field_names})]
+    else:
+        choices = candidates(rows, features, time_limit, context_features, overrides)
+    train_rows, validation_rows = _split(rows, choices[0].validation_fraction, seed)
     x_train, x_val = x[train_rows], x[validation_rows] if len(validation_rows) else None
     c_train = None if c is None else c[train_rows]
     c_val = None if c is None or x_val is None else c[validation_rows]
 
     shrinkage, _ = best_shrinkage(x_train, x_val)
     gaussian = gaussian_flow(x_train, shrinkage).to(dtype)
-    torch.manual_seed(seed)
-    arguments = {"features": features, "context_features": 0 if c is None else c.shape[1],
-                 **choice.preset_arguments(seed)}
-    try:
-        flow = build(choice.preset, whiten=True, **arguments).to(dtype)
-        flow.bijector[0].fit(x_train, shrinkage)
-    except ValueError:  # a flow without a flowkit chain (nflows_*): no Gaussian start
-        torch.manual_seed(seed)
-        flow = build(choice.preset, **arguments).to(dtype)
-    x_train_d = x_train.to(dtype)
-    x_val_d = None if x_val is None else x_val.to(dtype)
-    c_train_d = None if c_train is None else c_train.to(dtype)
-    c_val_d = None if c_val is None else c_val.to(dtype)
-    initial = copy.deepcopy(flow.state_dict())  # the Gaussian: whitening, then the identity
-
+    as_dtype = lambda t: None if t is None else t.to(dtype)
+    data_args = {"data": as_dtype(x_train), "context": as_dtype(c_train), "validation_data": as_dtype(x_val),
+                 "validation_context": as_dtype(c_val)}
     target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           ("cpu" if device == "auto" else device))
-    max_steps = choice.max_steps
-    if time_limit is not None:
-        remaining = time_limit - (time.monotonic() - started)
-        per_step = _seconds_per_step(flow, x_train_d, c_train_d, choice.batch_size, target)
-        epoch_steps = math.ceil(len(train_rows) / min(choice.batch_size, len(train_rows)))
-        # Validation costs about a forward pass over the validation rows per epoch.
-        per_epoch = per_step * (epoch_steps + 0.5 * (len(validation_rows) / max(choice.batch_size, 1)))
-        affordable = int(0.9 * max(remaining, 0.0) / max(per_epoch, 1e-9)) * epoch_steps
-        max_steps = max(epoch_steps, min(affordable, max_steps or affordable))
-        choice.reasons["max_steps"] = (f"the cosine schedule ends within --time-limit: about {per_step * 1e3:.1f} ms "
-                                       f"a step, {max_steps} steps")
-        choice.max_steps = max_steps
-    if announce is not None:
-        announce(choice)
-    remaining = None if time_limit is None else max(time_limit - (time.monotonic() - started), 1e-3)
-    result = fit_density(
-        flow, x_train_d, context=c_train_d, validation_data=x_val_d, validation_context=c_val_d,
-        validation_fraction=0.0, epochs=choice.epochs, max_steps=max_steps, batch_size=choice.batch_size,
-        learning_rate=choice.learning_rate, weight_decay=choice.weight_decay, patience=choice.patience,
-        time_limit=remaining, seed=seed, device=target, checkpoint=checkpoint, resume=resume, progress=progress,
-        metrics_csv=metrics_csv, compile=compile, resume_hint=resume_hint)
+
+    def make(choice: Choice) -> Flow:
+        torch.manual_seed(seed)
+        arguments = {"features": features, "context_features": context_features, **choice.preset_arguments(seed)}
+        try:
+            flow = build(choice.preset, whiten=True, **arguments).to(dtype)
+        except ValueError:  # a flow without a flowkit chain (nflows_*): no Gaussian start
+            torch.manual_seed(seed)
+            return build(choice.preset, **arguments).to(dtype)
+        fit_whitening(flow, x_train, c_train, shrinkage)
+        return flow
+
+    def train(flow: Flow, choice: Choice, budget: float | None, **extra: Any) -> FitResult:
+        return fit_density(
+            flow, **data_args, validation_fraction=0.0, epochs=choice.epochs, max_steps=choice.max_steps,
+            batch_size=choice.batch_size, learning_rate=choice.learning_rate, weight_decay=choice.weight_decay,
+            patience=choice.patience, time_limit=budget, schedule_by_time=budget is not None, seed=seed,
+            device=target, progress=progress, compile=compile, **extra)
+
+    def left() -> float | None:
+        return None if time_limit is None else max(time_limit - (time.monotonic() - started), 1e-3)
+
+    def finish(flow: Flow, result: FitResult, choice: Choice) -> TabularFit:
+        return _finish(flow, initial[id(flow)], result, choice, gaussian, data_args, train_rows, validation_rows,
+                       started, shrinkage)
+
+    flows = [make(choice) for choice in choices]
+    # Each flow's start (the Gaussian, for whitened flows), to fall back on if it never beats it.
+    initial = {id(flow): copy.deepcopy(flow.state_dict()) if flow.config.get("whiten") else None for flow in flows}
+    winner, result = 0, None
+    if len(choices) > 1 and x_val is not None:
+        say("racing " + "; ".join(describe(choice) for choice in choices) + " on the validation rows")
+        share = None if time_limit is None else RACE_SHARE * left() / len(choices)
+        scores = []
+        for choice, flow in zip(choices, flows):
+            raced = train(flow, choice, share)
+            if raced.stopped == "interrupted":
+                return finish(flow, raced, choice)
+            score = math.inf if raced.best_validation_loss is None else float(raced.best_validation_loss)
+            scores.append(score if math.isfinite(score) else math.inf)
+            say(f"  {choice.transforms} x {choice.hidden_features}: validation {score:.4f} nats/row "
+                f"after {raced.steps} steps ({raced.stopped})")
+            if time_limit is None:
+                result = raced if len(scores) == 1 or score <= min(scores[:-1]) else result
+        winner = int(np.argmin(scores))
+    choice, flow = choices[winner], flows[winner]
+    if result is None or time_limit is not None:  # the last stage: the winner continues (or the one choice trains)
+        if sidecar is not None and len(choices) > 1:
+            atomic_write(sidecar, lambda handle: handle.write(json.dumps(choice.summary())), mode="w")
+        say(("continuing " if len(choices) > 1 else "training ") + describe(choice))
+        result = train(flow, choice, left(), checkpoint=checkpoint, resume=resume, metrics_csv=metrics_csv,
+                       resume_hint=resume_hint)
+    if sidecar is not None and result.stopped != "interrupted":
+        sidecar.unlink(missing_ok=True)
+    return finish(flow, result, choice)
+
+
+def describe(choice: Choice) -> str:
+    """The body of a configuration in a few words (``nsf, 3 transforms x 128``)."""
+    hidden = choice.hidden_features
+    hidden = ",".join(map(str, hidden)) if isinstance(hidden, list) else str(hidden)
+    return f"{choice.preset}, {choice.transforms} transforms x {hidden}"
+
+
+def _finish(flow: Flow, initial: dict[str, Tensor] | None, result: FitResult, choice: Choice, gaussian: Flow,
+            data_args: dict[str, Any], train_rows: np.ndarray, validation_rows: np.ndarray, started: float,
+            shrinkage: float) -> TabularFit:
+    """Keep the Gaussian if the flow did not beat it on validation, and measure both."""
     flow = flow.cpu().eval()
+    x_train, c_train = data_args["data"], data_args["context"]
+    x_val, c_val = data_args["validation_data"], data_args["validation_context"]
     kept = "flow"
-    gaussian_train = mean_nll(gaussian, x_train_d)
-    gaussian_val = None if x_val_d is None else mean_nll(gaussian, x_val_d)
-    val_nll = None if x_val_d is None else mean_nll(flow, x_val_d, c_val_d)
-    if val_nll is not None and not val_nll <= gaussian_val and flow.config.get("whiten"):  # also catches NaN
+    gaussian_val = None if x_val is None else mean_nll(gaussian, x_val)
+    val_nll = None if x_val is None else mean_nll(flow, x_val, c_val)
+    if val_nll is not None and not val_nll <= gaussian_val and initial is not None:  # also catches NaN
         flow.load_state_dict(initial)  # the flow's own start: exactly the Gaussian
         kept = "gaussian"
-        val_nll = mean_nll(flow, x_val_d, c_val_d)
+        val_nll = mean_nll(flow, x_val, c_val)
     return TabularFit(
-        flow=flow, result=result, choice=choice, gaussian=gaussian,
-        train_nll=mean_nll(flow, x_train_d, c_train_d), validation_nll=val_nll,
-        gaussian_train_nll=gaussian_train, gaussian_validation_nll=gaussian_val,
-        train_rows=train_rows, validation_rows=validation_rows, kept=kept,
-        seconds=time.monotonic() - started, extra={"shrinkage": shrinkage})
+        flow=flow, result=result, choice=choice, gaussian=gaussian, train_nll=mean_nll(flow, x_train, c_train),
+        validation_nll=val_nll, gaussian_train_nll=mean_nll(gaussian, x_train), gaussian_validation_nll=gaussian_val,
+        train_rows=train_rows, validation_rows=validation_rows, kept=kept, seconds=time.monotonic() - started,
+        extra={"shrinkage": shrinkage})
