@@ -34,6 +34,7 @@ class Choice:
     patience: int
     validation_fraction: float
     max_steps: int | None = None
+    whiten: bool = True
     reasons: dict[str, str] = field(default_factory=dict)
 
     def preset_arguments(self, seed: int) -> dict[str, Any]:
@@ -52,7 +53,7 @@ class Choice:
 
 
 OVERRIDABLE = ("preset", "transforms", "hidden_features", "num_bins", "tail_bound", "batch_size", "learning_rate",
-               "weight_decay", "epochs", "max_steps", "patience", "validation_fraction")
+               "weight_decay", "epochs", "max_steps", "patience", "validation_fraction", "whiten")
 
 
 # Bodies from small to large: (transforms, hidden width).
@@ -88,14 +89,9 @@ def choose(rows: int, features: int, time_limit: float | None = None, context_fe
     reasons["batch_size"] = "about 20 steps an epoch, between 32 and 512 rows"
     validation_fraction = 0.2 if rows < 5000 else 0.1
     reasons["validation_fraction"] = "a larger share on small tables, so early stopping has a steadier signal"
-    steps_per_epoch = max(1, math.ceil(rows * (1 - validation_fraction) / batch_size))
-    patience = max(20, math.ceil(MIN_PATIENCE_STEPS / steps_per_epoch))
-    reasons["patience"] = f"epochs of at least {MIN_PATIENCE_STEPS} steps without a better validation score"
-    epochs = max(200, math.ceil(20_000 / steps_per_epoch)) if time_limit is None else 100_000
-    reasons["epochs"] = "until early stopping" if time_limit is None else "until early stopping or the time limit"
     choice = Choice(
         preset="nsf", transforms=transforms, hidden_features=width, num_bins=8, tail_bound=5.0, batch_size=batch_size,
-        learning_rate=1e-3, weight_decay=decay, epochs=epochs, patience=patience,
+        learning_rate=1e-3, weight_decay=decay, epochs=0, patience=0,
         validation_fraction=validation_fraction, reasons=reasons)
     reasons["preset"] = "autoregressive splines: flexible marginals and dependence, one-pass sampling in flowkit"
     for key, value in (overrides or {}).items():
@@ -104,6 +100,14 @@ def choose(rows: int, features: int, time_limit: float | None = None, context_fe
         if value is not None:
             setattr(choice, key, value)
             reasons[key] = "given"
+    # Patience and epochs count epochs, whose length follows the batch size (given or chosen).
+    steps_per_epoch = max(1, math.ceil(rows * (1 - choice.validation_fraction) / choice.batch_size))
+    if not choice.patience:
+        choice.patience = max(20, math.ceil(MIN_PATIENCE_STEPS / steps_per_epoch))
+        reasons["patience"] = f"epochs of at least {MIN_PATIENCE_STEPS} steps without a better validation score"
+    if not choice.epochs:
+        choice.epochs = max(200, math.ceil(20_000 / steps_per_epoch)) if time_limit is None else 100_000
+        reasons["epochs"] = "until early stopping" + ("" if time_limit is None else " or the time limit")
     return choice
 
 

@@ -32,6 +32,8 @@ from flowkit.train.result import FitResult
 from flowkit.train.sizing import SHRINKAGE_GRID, Choice, candidates
 
 RACE_SHARE = 0.5  # of a time limit, spent racing the candidates
+WRAP_UP = 0.05  # of a time limit, kept for what follows training
+MIN_RACE_STEPS = 150  # steps each candidate needs in a time-limited race for it to be worth running
 
 __all__ = ["TabularFit", "fit_tabular", "gaussian_flow", "mean_nll"]
 
@@ -89,10 +91,10 @@ def gaussian_flow(x: Tensor, shrinkage: float = 0.0, context_features: int = 0) 
         >>> torch.allclose(flow.sample(200000).std(0), x.std(0), rtol=0.02)
         True
     """
-    flow = build("maf", features=x.shape[1], context_features=context_features, transforms=1,
-                 hidden_features=8, whiten=True).to(x.dtype)
-    flow.bijector = type(flow.bijector)([flow.bijector[-1]])  # the whitening layer alone
-    flow.bijector[0].fit(x, shrinkage)
+    # No transforms: the chain is the whitening layer alone, and the config rebuilds exactly that.
+    flow = build("maf", features=x.shape[1], context_features=context_features, transforms=0,
+                 whiten=True).to(x.dtype)
+    flow.bijector[-1].fit(x, shrinkage)
     return flow.eval()
 
 
@@ -132,6 +134,26 @@ def _split(rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarra
     held_out = min(int(round(rows * fraction)), rows - 2) if fraction > 0 else 0
     order = torch.randperm(rows, generator=torch.Generator().manual_seed(seed)).numpy()
     return np.sort(order[held_out:]), np.sort(order[:held_out])
+
+
+def _seconds_per_step(flow: Flow, choice: Choice, data_args: dict[str, Any], device: torch.device) -> float:
+    """Wall-clock seconds of a training step of ``flow`` at the choice's batch size: the median of
+    three steps of a copy after one warm-up step (which pays one-off allocations)."""
+    trial = copy.deepcopy(flow).to(device).train()
+    optimizer = torch.optim.Adam(trial.parameters(), lr=1e-6)
+    x, c = data_args["data"], data_args["context"]
+    rows = min(choice.batch_size, x.shape[0])
+    timings = []
+    for _ in range(4):
+        started = time.perf_counter()
+        loss = -trial(x[:rows].to(device), None if c is None else c[:rows].to(device)).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timings.append(time.perf_counter() - started)
+    return float(np.median(timings[1:]))
 
 
 def _sidecar(checkpoint: str | os.PathLike[str] | None) -> Path | None:
@@ -223,8 +245,10 @@ def fit_tabular(
         torch.manual_seed(seed)
         arguments = {"features": features, "context_features": context_features, **choice.preset_arguments(seed)}
         try:
+            if not choice.whiten:
+                raise ValueError("no whitening asked for")
             flow = build(choice.preset, whiten=True, **arguments).to(dtype)
-        except ValueError:  # a flow without a flowkit chain (nflows_*): no Gaussian start
+        except ValueError:  # a flow without a flowkit chain (nflows_*), or whiten=False: no Gaussian start
             torch.manual_seed(seed)
             return build(choice.preset, **arguments).to(dtype)
         fit_whitening(flow, x_train, c_train, shrinkage)
@@ -238,7 +262,9 @@ def fit_tabular(
             device=target, progress=progress, compile=compile, **extra)
 
     def left() -> float | None:
-        return None if time_limit is None else max(time_limit - (time.monotonic() - started), 1e-3)
+        # Training stops a little before the limit: scoring, saving and exiting take the rest.
+        reserve = max(0.5, WRAP_UP * time_limit) if time_limit is not None else 0.0
+        return None if time_limit is None else max(time_limit - reserve - (time.monotonic() - started), 1e-3)
 
     def finish(flow: Flow, result: FitResult, choice: Choice) -> TabularFit:
         return _finish(flow, initial[id(flow)], result, choice, gaussian, data_args, train_rows, validation_rows,
@@ -248,6 +274,17 @@ def fit_tabular(
     # Each flow's start (the Gaussian, for whitened flows), to fall back on if it never beats it.
     initial = {id(flow): copy.deepcopy(flow.state_dict()) if flow.config.get("whiten") else None for flow in flows}
     winner, result = 0, None
+    if len(choices) > 1 and time_limit is not None:
+        # A race is worth its time only if every candidate gets enough steps to show its worth;
+        # otherwise the body the row count suggests trains alone, with all of the time.
+        share = RACE_SHARE * left() / len(choices)
+        affordable = all(share / _seconds_per_step(flow, choice, data_args, target) >= MIN_RACE_STEPS
+                         for choice, flow in zip(choices, flows))
+        if not affordable:
+            say(f"no race: {time_limit:g} s are too few for {len(choices)} candidates to take "
+                f"{MIN_RACE_STEPS} steps each")
+            middle = len(choices) // 2
+            choices, flows = [choices[middle]], [flows[middle]]
     if len(choices) > 1 and x_val is not None:
         say("racing " + "; ".join(describe(choice) for choice in choices) + " on the validation rows")
         share = None if time_limit is None else RACE_SHARE * left() / len(choices)
@@ -292,8 +329,11 @@ def _finish(flow: Flow, initial: dict[str, Tensor] | None, result: FitResult, ch
     kept = "flow"
     gaussian_val = None if x_val is None else mean_nll(gaussian, x_val)
     val_nll = None if x_val is None else mean_nll(flow, x_val, c_val)
-    if val_nll is not None and not val_nll <= gaussian_val and initial is not None:  # also catches NaN
-        flow.load_state_dict(initial)  # the flow's own start: exactly the Gaussian
+    if val_nll is not None and not val_nll <= gaussian_val:  # also catches NaN
+        if initial is not None:
+            flow.load_state_dict(initial)  # the flow's own start: exactly the Gaussian
+        else:  # a flow without a Gaussian start gives way to the Gaussian itself
+            flow = gaussian
         kept = "gaussian"
         val_nll = mean_nll(flow, x_val, c_val)
     return TabularFit(
