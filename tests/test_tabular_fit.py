@@ -90,3 +90,16 @@ def test_candidates_race_and_the_best_on_validation_wins() -> None:
     assert lines[0].startswith("racing") and len(lines) == 4  # three candidates, one line each
     scores = [float(line.split("validation ")[1].split()[0]) for line in lines[1:]]
     assert fitted.choice.transforms == choose(600, 3, rung=[0, 1, 2][int(np.argmin(scores))]).transforms
+
+
+def test_a_flow_without_a_gaussian_start_gives_way_to_the_gaussian(tmp_path) -> None:
+    from flowkit.io import load_model, save_model
+
+    x = correlated(80, 6, seed=5)  # Gaussian rows: no flow beats their Gaussian on fresh rows
+    fitted = fit_tabular(x, progress=False, overrides={"whiten": False, "transforms": 1, "hidden_features": 8,
+                                                       "epochs": 1, "learning_rate": 1e-6})
+    assert fitted.kept == "gaussian" and fitted.flow is fitted.gaussian
+    assert fitted.validation_nll == pytest.approx(fitted.gaussian_validation_nll)
+    save_model(tmp_path / "g.flowkit", fitted.flow.float())
+    loaded = load_model(tmp_path / "g.flowkit")[0]
+    torch.testing.assert_close(loaded.log_prob(x.float()), fitted.flow.float().log_prob(x.float()))
