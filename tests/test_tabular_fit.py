@@ -103,3 +103,17 @@ def test_a_flow_without_a_gaussian_start_gives_way_to_the_gaussian(tmp_path) -> 
     save_model(tmp_path / "g.flowkit", fitted.flow.float())
     loaded = load_model(tmp_path / "g.flowkit")[0]
     torch.testing.assert_close(loaded.log_prob(x.float()), fitted.flow.float().log_prob(x.float()))
+
+
+def test_resume_rebuilds_the_race_winner_from_beside_the_checkpoint(tmp_path) -> None:
+    import json
+
+    checkpoint = tmp_path / "m.ckpt"
+    winner = choose(600, 3, rung=0, overrides={"epochs": 2})
+    (tmp_path / "m.ckpt.choice.json").write_text(json.dumps(winner.summary()))
+    lines: list[str] = []
+    fitted = fit_tabular(correlated(600, 3), progress=False, checkpoint=checkpoint, resume=True,
+                         announce=lines.append)
+    assert not any(line.startswith("racing") for line in lines)
+    assert (fitted.choice.transforms, fitted.choice.hidden_features) == (winner.transforms, winner.hidden_features)
+    assert not (tmp_path / "m.ckpt.choice.json").exists()  # the finished run needs it no more
