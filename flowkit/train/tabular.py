@@ -1,12 +1,12 @@
 """Fitting a density to a table with defaults that follow the data: ``fit_tabular``.
 
-The model starts as the full-covariance Gaussian of the training rows (a ``Whitening`` layer
-at the latent end, initialised with their covariance shrunk towards the diagonal by the amount that scores best on the
-validation rows) and a flow body that starts as the identity. Training keeps its best
-validation weights, and the Gaussian itself is one of the candidates: the fitted model's
-validation log-likelihood is never below the Gaussian's, by construction. The body's size,
-regularisation and schedule come from ``flowkit.train.sizing.choose`` (rows, columns, time).
-"""
+Every candidate model starts as the full-covariance Gaussian of the training rows (a learned
+``Whitening`` layer at the latent end, initialised from their covariance shrunk towards its
+diagonal by the amount that scores best on the validation rows) with a body that starts as the
+identity, and keeps its best validation weights; if no flow beats the Gaussian on validation the
+Gaussian is the model, so the fit's validation log-likelihood is never below it. Bodies of a
+few sizes (``flowkit.train.sizing.candidates``) race on the validation rows and the best
+continues; a time limit bounds the whole fit, race included."""
 
 from __future__ import annotations
 
