@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -183,9 +183,9 @@ def fit_tabular(
 
     A few bodies (``flowkit.train.sizing.candidates``: the size the row count suggests and its
     neighbours) race on the validation rows; the best continues. With ``time_limit`` the race
-    takes half the time (a share each) and the winner the rest, each stage's learning rate
-    decaying with the time it has used; without one each candidate trains to early stopping
-    and the best is kept. Every candidate starts as the Gaussian and keeps its best validation
+    takes about half the time (the same number of steps for each candidate) and the winner the
+    rest, its learning rate decaying with the time it has used; without one each candidate
+    trains to early stopping and the best is kept. Every candidate starts as the Gaussian and keeps its best validation
     weights, and the Gaussian wins if no flow beats it.
 
     Args:
@@ -274,29 +274,35 @@ def fit_tabular(
     # Each flow's start (the Gaussian, for whitened flows), to fall back on if it never beats it.
     initial = {id(flow): copy.deepcopy(flow.state_dict()) if flow.config.get("whiten") else None for flow in flows}
     winner, result = 0, None
+    race_steps = None
     if len(choices) > 1 and time_limit is not None:
-        # A race is worth its time only if every candidate gets enough steps to show its worth;
-        # otherwise the body the row count suggests trains alone, with all of the time.
-        share = RACE_SHARE * left() / len(choices)
-        affordable = all(share / _seconds_per_step(flow, choice, data_args, target) >= MIN_RACE_STEPS
-                         for choice, flow in zip(choices, flows))
-        if not affordable:
+        # Under a time limit every candidate races for the same number of steps (not the same
+        # time: equal time favours small bodies, which take more steps but learn less from each),
+        # together half of what is left. Too few steps for that and there is no race: the body
+        # the row count suggests trains alone, with all of the time.
+        per_step = [_seconds_per_step(flow, choice, data_args, target) for choice, flow in zip(choices, flows)]
+        race_steps = int(RACE_SHARE * left() / sum(per_step))
+        if race_steps < MIN_RACE_STEPS:
             say(f"no race: {time_limit:g} s are too few for {len(choices)} candidates to take "
                 f"{MIN_RACE_STEPS} steps each")
             middle = len(choices) // 2
             choices, flows = [choices[middle]], [flows[middle]]
     if len(choices) > 1 and x_val is not None:
-        say("racing " + "; ".join(describe(choice) for choice in choices) + " on the validation rows")
-        share = None if time_limit is None else RACE_SHARE * left() / len(choices)
+        say("racing " + "; ".join(describe(choice) for choice in choices) + " on the validation rows"
+            + ("" if race_steps is None else f", {race_steps} steps each"))
         scores = []
-        for choice, flow in zip(choices, flows):
-            raced = train(flow, choice, share)
+        race_ends = None if time_limit is None else time.monotonic() + RACE_SHARE * left()
+        for index, (choice, flow) in enumerate(zip(choices, flows)):
+            if race_steps is None:
+                raced = train(flow, choice, None)
+            else:  # the step count decides; a share of the race's time left bounds a misjudged step time
+                budget = max(race_ends - time.monotonic(), 1e-3) * per_step[index] / sum(per_step[index:])
+                raced = train(flow, replace(choice, max_steps=race_steps), budget)
             if raced.stopped == "interrupted":
                 return finish(flow, raced, choice)
             score = math.inf if raced.best_validation_loss is None else float(raced.best_validation_loss)
             scores.append(score if math.isfinite(score) else math.inf)
-            say(f"  {choice.transforms} x {choice.hidden_features}: validation {score:.4f} nats/row "
-                f"after {raced.steps} steps ({raced.stopped})")
+            say(f"  {describe(choice)}: validation {score:.4f} nats/row after {raced.steps} steps ({raced.stopped})")
             if time_limit is None:
                 result = raced if len(scores) == 1 or score <= min(scores[:-1]) else result
         winner = int(np.argmin(scores))
