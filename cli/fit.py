@@ -108,9 +108,8 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
         raise DataError(f"{checkpoint}: a checkpoint of an earlier run exists; add --resume to continue it, "
                         "or delete it to start afresh")
     notes = describe_columns(prepared)
-    if not quiet:
-        for note in notes:
-            click.echo(f"note: {note}", err=True)
+    for note in notes:  # what happens to the columns is said even with -q (which silences progress)
+        click.echo(f"note: {note}", err=True)
     overrides = {"preset": None if preset == "auto" else preset, "transforms": transforms,
                  "hidden_features": None if hidden is None else parse_hidden(hidden), "num_bins": num_bins,
                  "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "learning_rate": learning_rate,
@@ -154,7 +153,7 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
         if fitted.kept == "gaussian":
             message += "; the flow did not beat it, so the model is that Gaussian"
     click.echo(message + ")")
-    print_summary(summary, notes + metadata["proposals"])
+    print_summary(summary, metadata["proposals"])
     if plot_path is not None:
         write_fit_picture(flow, Table(prepared.values, standardizer.columns), standardizer, plot_path,
                           f"{name_of_flow} on {name}", prepared.context)
