@@ -153,7 +153,9 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
         if fitted.kept == "gaussian":
             message += "; the flow did not beat it, so the model is that Gaussian"
     click.echo(message + ")")
-    print_summary(summary, metadata["proposals"])
+    centres = ["integer columns enter these numbers as densities at their cells' centres; `flowkit score` "
+               "gives the cells' probabilities"] if prepared.roles.discrete else []
+    print_summary(summary, centres + metadata["proposals"])
     if plot_path is not None:
         write_fit_picture(flow, Table(prepared.values, standardizer.columns), standardizer, plot_path,
                           f"{name_of_flow} on {name}", prepared.context)
