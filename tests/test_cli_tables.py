@@ -259,16 +259,42 @@ def test_bad_input_through_the_installed_script(bad_files: dict[str, Path]) -> N
     assert bad_files["OUT"].read_bytes() == b"precious"
 
 
-def test_new_options_through_the_installed_script(conditional: Path, table: Path, tmp_path: Path) -> None:
-    """fit with columns, context and bounds; sample at a context into Parquet; score from a pipe."""
-    fit = subprocess.run([str(SCRIPT), "--threads", "1", "fit", str(table), "-o", str(tmp_path / "m.flowkit"),
-                          "--exclude", "id", "--context", "level", "--bounds", "p=0:1", *TINY],
-                         capture_output=True, text=True, timeout=300)
-    assert fit.returncode == 0 and "negative log-likelihood" in fit.stdout, fit.stderr
-    sample = subprocess.run([str(SCRIPT), "--threads", "1", "sample", str(tmp_path / "m.flowkit"), "-n", "5",
-                             "--context", "level=0.2", "-o", str(tmp_path / "s.parquet")],
-                            capture_output=True, text=True, timeout=300)
-    assert sample.returncode == 0 and read_table(tmp_path / "s.parquet").values.shape == (5, 5), sample.stderr
-    score = subprocess.run([str(SCRIPT), "--threads", "1", "score", str(tmp_path / "m.flowkit"), "-"],
-                           input=table.read_text(), capture_output=True, text=True, timeout=300)
-    assert score.returncode == 0 and len(score.stdout.splitlines()) == 601 and "standard error" in score.stderr
+def script(*arguments, input: str | None = None) -> subprocess.Popen:
+    return subprocess.Popen([str(SCRIPT), "--threads", "1", *map(str, arguments)], text=input is not None,
+                            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finished(process: subprocess.Popen, input: str | None = None):
+    out, err = process.communicate(input, timeout=300)
+    assert process.returncode == 0 and "Traceback" not in (err if isinstance(err, str) else err.decode()), err
+    return out, err if isinstance(err, str) else err.decode()
+
+
+def test_new_options_through_the_installed_script(table: Path, tmp_path: Path) -> None:
+    """Every new option once through the console script: a fit from a pipe with column roles,
+    bounds and a test file; then sampling at a context file and at given values, scoring from a
+    pipe, info --json and a plot, two processes at a time."""
+    model = tmp_path / "m.flowkit"
+    out, err = finished(script("fit", "-", "--format", "csv", "-o", model, "--exclude", "id", "--context", "level",
+                               "--discrete", "k", "--continuous", "b", "--bounds", "p=0:1", "--test", table, *TINY,
+                               input=table.read_text()), table.read_text())
+    assert "negative log-likelihood" in out and out.count("\ntest ") == 1 and "detected" not in err
+    contexts = write_csv(tmp_path / "contexts.csv", ["level"], np.array([[-0.5], [0.5]]))
+    text = table.read_text()
+    commands = [(["sample", model, "--context-file", contexts, "-n", "2", "-o", tmp_path / "s.parquet"], None),
+                (["sample", model, "--context", "level=0.3", "-n", "6", "--format", "npy", "-o", "-"], None),
+                (["score", model, "-", "--format", "csv", "--cells", "density", "--draws", "8",
+                  "--output-format", "tsv"], text),
+                (["info", model, "--json"], None),
+                (["plot", model, table, "-o", tmp_path / "p.png"], None)]
+    results = []
+    for start in range(0, len(commands), 2):  # two at a time: two cores
+        batch = [(script(*arguments, input=given), given) for arguments, given in commands[start:start + 2]]
+        results += [finished(process, given) for process, given in batch]
+    assert read_table(tmp_path / "s.parquet").values.shape == (4, 5)
+    assert np.load(__import__("io").BytesIO(results[1][0])).shape == (6, 5)
+    assert results[2][0].splitlines()[0] == "log_density" and len(results[2][0].splitlines()) == 601
+    assert "mean log-density" in results[2][1]
+    assert json.loads(results[3][0])["context_columns"] == ["level"]
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
