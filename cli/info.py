@@ -45,8 +45,10 @@ def info(model, as_json) -> None:
                                  f", Gaussian {entry['gaussian_nll']:.4f} ({entry['gaussian_bits_per_feature']:.4f}); "
                                  f"{entry['rows']} rows")
     for key, value in metadata.items():
-        if key in ("columns", "summary"):
+        if key in ("columns", "summary") or (key in ("test", "proposals") and not value):
             continue
+        if key == "proposals" and isinstance(value, list):
+            value = "; ".join(map(str, value)) + " (not applied)"
         if key == "history" and isinstance(value, list):
             value = f"{len(value)} records (`flowkit plot MODEL --history`)"
         lines.setdefault(key, value)
