@@ -10,9 +10,12 @@ from pathlib import Path
 import click
 from flowkit_cli.errors import INTERRUPTED, check_device, check_outputs, clean_errors
 from flowkit_cli.plot import write_fit_picture
-from flowkit_cli.tables import load_data
+from flowkit_cli.prepare import column_options, prepare
+from flowkit_cli.summary import nll_summary, print_summary
+from flowkit_cli.tables import FORMAT_CHOICE, input_path, load_data
 
-from flowkit.data.tabular import DataError, Standardizer, discrete_columns
+from flowkit.data.columns import proposals
+from flowkit.data.tabular import DataError, Standardizer, Table, read_table
 from flowkit.io import save_model
 from flowkit.presets import PRESETS
 
@@ -49,6 +52,11 @@ def parse_hidden(text: str) -> int | list[int]:
               help="Seconds for the whole fit; the schedule is sized to end within it.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@column_options
+@click.option("--test", "test_path", type=click.Path(dir_okay=False), default=None,
+              help="A test table: its negative log-likelihood joins the summary (never used in training).")
+@click.option("--format", "input_format", type=FORMAT_CHOICE, default=None,
+              help="Format of DATA when it is - (standard input) [default: csv].")
 @click.option("--toy-samples", type=click.IntRange(2), default=5000, show_default=True,
               help="Rows to draw when DATA is toy:NAME.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
@@ -64,8 +72,15 @@ def parse_hidden(text: str) -> int | list[int]:
 @clean_errors
 def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, batch_size, learning_rate,
         weight_decay, patience, validation_fraction, time_limit, seed, device, toy_samples, plot_path, no_plot,
-        checkpoint, resume, metrics, use_compile, quiet) -> None:
-    """Fit a flow to DATA (CSV, TSV, text or .npy table, or toy:NAME) by maximum likelihood.
+        checkpoint, resume, metrics, use_compile, quiet, columns, exclude, context, discrete, continuous, bounds,
+        test_path, input_format) -> None:
+    """Fit a flow to DATA (CSV, TSV, Parquet or .npy table, - for standard input, or toy:NAME) by
+    maximum likelihood.
+
+    Integer columns (whole numbers with repeats, or --discrete) are dequantised with uniform
+    noise; --bounds columns are mapped through a logit or softplus; both are layers stored in the
+    model, so scores are densities in the data's units and samples respect them. --context
+    columns make the density conditional: p(rest | context).
 
     With the defaults the model starts as the full-covariance Gaussian of the training rows and
     keeps its best validation weights, so it never scores below that Gaussian on validation; the
@@ -76,30 +91,33 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
     started = time.monotonic() - seconds_since_start()
 
     check_device(device)
-    table, name = load_data(data, toy_samples, seed)
-    standardizer = Standardizer.fit(table)
+    if data == "-" and output is None:
+        raise DataError("give -o/--output for a model fitted to standard input")
+    table, name = load_data(data, toy_samples, seed, input_format)
+    prepared = prepare(table, columns, exclude, context, discrete, continuous, bounds)
+    standardizer = prepared.standardizer
+    test = None if test_path is None else prepared.other(read_table(test_path), test_path)
     output = Path(output or f"{name}.flowkit")
     checkpoint = Path(checkpoint or f"{output}.ckpt")
     plot_path = None if no_plot else Path(plot_path or output.with_suffix(".png"))
-    check_outputs({"data file": None if data.startswith("toy:") else data},
+    check_outputs({"data file": input_path(data), "test file": test_path},
                   {"model file": output, "checkpoint": checkpoint, "picture": plot_path, "metrics file": metrics})
     if resume and not checkpoint.is_file():
         raise DataError(f"{checkpoint}: no checkpoint to resume from")
     if not resume and checkpoint.exists():  # an interrupted run's progress must not be overwritten
         raise DataError(f"{checkpoint}: a checkpoint of an earlier run exists; add --resume to continue it, "
                         "or delete it to start afresh")
-    discrete = discrete_columns(table)
-    if discrete:
-        click.echo(f"warning: column(s) {', '.join(map(repr, discrete[:5]))}{', ...' if len(discrete) > 5 else ''} "
-                   "hold repeated whole numbers; a continuous density can put spikes on them (adding uniform "
-                   "noise in [0, 1) to such columns first is the usual remedy)", err=True)
+    notes = describe_columns(prepared)
+    for note in notes:  # what happens to the columns is said even with -q (which silences progress)
+        click.echo(f"note: {note}", err=True)
     overrides = {"preset": None if preset == "auto" else preset, "transforms": transforms,
                  "hidden_features": None if hidden is None else parse_hidden(hidden), "num_bins": num_bins,
                  "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "learning_rate": learning_rate,
                  "weight_decay": weight_decay, "patience": patience, "validation_fraction": validation_fraction}
     remaining = None if time_limit is None else max(time_limit - (time.monotonic() - started), 1e-3)
     fitted = fit_tabular(
-        standardizer.transform(table.values), time_limit=remaining, seed=seed, device=device, overrides=overrides,
+        prepared.x, context=prepared.c, preprocessing=prepared.preprocessing or None,
+        time_limit=remaining, seed=seed, device=device, overrides=overrides,
         checkpoint=str(checkpoint), resume=resume, progress=False if quiet else "auto", metrics_csv=metrics,
         compile=use_compile, resume_hint="the same `flowkit fit` command with --resume",
         announce=None if quiet else lambda line: click.echo(line, err=True))
@@ -118,7 +136,11 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
                 "train_nll": fitted.train_nll - shift, "validation_nll": validation_nll,
                 "gaussian_train_nll": fitted.gaussian_train_nll - shift,
                 "gaussian_validation_nll": gaussian_validation_nll,
-                "skipped_steps": int(result.skipped_steps), "history": history_in_data_units(result, standardizer)}
+                "skipped_steps": int(result.skipped_steps), "history": history_in_data_units(result, standardizer),
+                "columns": prepared.roles.metadata(), "test": test_path}
+    summary = nll_summary(fitted, prepared, test)
+    metadata["summary"] = summary
+    metadata["proposals"] = proposals(prepared.roles, table.values)
     save_model(output, flow, standardizer, metadata)
     checkpoint.unlink(missing_ok=True)  # the finished model supersedes the run's checkpoint
     name_of_flow = flow.config["preset"]
@@ -131,8 +153,36 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
         if fitted.kept == "gaussian":
             message += "; the flow did not beat it, so the model is that Gaussian"
     click.echo(message + ")")
+    centres = ["integer columns enter these numbers as densities at their cells' centres; `flowkit score` "
+               "gives the cells' probabilities"] if prepared.roles.discrete else []
+    print_summary(summary, centres + metadata["proposals"])
     if plot_path is not None:
-        write_fit_picture(flow, table, standardizer, plot_path, f"{name_of_flow} on {name}")
+        write_fit_picture(flow, Table(prepared.values, standardizer.columns), standardizer, plot_path,
+                          f"{name_of_flow} on {name}", prepared.context)
+
+
+def describe_columns(prepared) -> list[str]:
+    """What happens to the columns, in a line or two: integer columns found or named, bounds, context."""
+    roles, names = prepared.roles, prepared.roles.names
+    notes = []
+    if roles.discrete:
+        detected = [names[i] for i in roles.detected]
+        named = [names[i] for i in roles.discrete if i not in roles.detected]
+        parts = ([f"named {', '.join(map(repr, named))}"] if named else []) + \
+            ([f"detected {', '.join(map(repr, detected))} (whole numbers with repeats; --continuous to "
+              "model them as real)"] if detected else [])
+        notes.append(f"integer columns, dequantised with uniform noise in training and sampled as whole numbers: "
+                     f"{'; '.join(parts)}")
+    if roles.bounds:
+        shown = ", ".join(f"{names[i]} in [{'' if lo is None else f'{lo:g}'}:{'' if hi is None else f'{hi:g}'}]"
+                          for i, (lo, hi) in roles.bounds.items())
+        notes.append(f"bounded columns (logit for two bounds, softplus for one): {shown}")
+    if roles.context:
+        notes.append(f"conditional density of {len(roles.modelled)} column(s) given "
+                     f"{', '.join(repr(names[i]) for i in roles.context)}")
+    if roles.ignored:
+        notes.append(f"left out: {', '.join(repr(names[i]) for i in roles.ignored)}")
+    return notes
 
 
 def seconds_since_start() -> float:

@@ -1,8 +1,10 @@
 """Saving and loading whole models, and atomic file writing.
 
 A model file is a ``torch.save`` archive holding only tensors and plain types: a format tag and
-version, the preset config as JSON (enough to rebuild the architecture), the weights, the
-preprocessing (column names, mean, std) and free-form metadata (the training summary). It is read
+version, the preset config as JSON (enough to rebuild the architecture, including its
+preprocessing layers: dequantisation and bounds), the weights, the standardisation (column names,
+mean, std; and those of the context columns of a conditional model) and free-form metadata (the
+training summary, the columns' roles). It is read
 back with ``torch.load(weights_only=True)``, which never executes code from the file.
 """
 
@@ -109,12 +111,16 @@ def save_model(path: str | Path, flow: Flow, standardizer: Standardizer | None =
         "metadata": json.dumps(metadata or {}),
     }
     if standardizer is not None:
-        archive["preprocessing"] = {
-            "columns": list(standardizer.columns),
-            "mean": torch.as_tensor(standardizer.mean, dtype=torch.float64),
-            "std": torch.as_tensor(standardizer.std, dtype=torch.float64),
-        }
+        archive["preprocessing"] = _standardisation(standardizer)
+        if standardizer.context is not None:
+            archive["preprocessing"]["context"] = _standardisation(standardizer.context)
     atomic_write(path, lambda handle: torch.save(archive, handle))
+
+
+def _standardisation(standardizer: Standardizer) -> dict[str, Any]:
+    return {"columns": list(standardizer.columns),
+            "mean": torch.as_tensor(standardizer.mean, dtype=torch.float64),
+            "std": torch.as_tensor(standardizer.std, dtype=torch.float64)}
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu"
@@ -153,6 +159,12 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"
         if not isinstance(metadata, dict):
             raise ValueError("its metadata is not a JSON object")
         standardizer = _preprocessing(archive.get("preprocessing"), flow.features)
+        if standardizer is not None and archive["preprocessing"].get("context") is not None:
+            standardizer.context = _preprocessing(archive["preprocessing"]["context"], flow.context_features,
+                                                  "context ")
+        if flow.context_features and (standardizer is None or standardizer.context is None) \
+                and standardizer is not None:
+            raise ValueError("it describes a conditional flow but holds no context standardisation")
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         reason = " ".join(str(error).split())[:200]
         raise ModelFileError(f"{path}: corrupt flowkit model file ({reason})") from None
@@ -185,18 +197,18 @@ def _check_weights(flow: Flow, state: dict[str, torch.Tensor], preset: str | Non
         raise ValueError(f"non-finite weights in {broken[0]}")
 
 
-def _preprocessing(preprocessing: Any, features: int) -> Standardizer | None:
+def _preprocessing(preprocessing: Any, features: int, what: str = "") -> Standardizer | None:
     """The standardisation stored with the model, checked against the model's features."""
     if preprocessing is None:
         return None
     columns, mean, std = preprocessing["columns"], preprocessing["mean"], preprocessing["std"]
     if not (isinstance(columns, list) and len(columns) == features and all(isinstance(c, str) for c in columns)
             and len(set(columns)) == features):
-        raise ValueError(f"its column names are not {features} distinct names")
+        raise ValueError(f"its {what}column names are not {features} distinct names")
     for name, values in (("mean", mean), ("std", std)):
         if not isinstance(values, torch.Tensor) or tuple(values.shape) != (features,) \
                 or not torch.isfinite(values).all():
-            raise ValueError(f"its standardisation {name} is not {features} finite numbers")
+            raise ValueError(f"its {what}standardisation {name} is not {features} finite numbers")
     if not (std > 0).all():
-        raise ValueError("its standardisation std is not positive")
+        raise ValueError(f"its {what}standardisation std is not positive")
     return Standardizer(mean.double().numpy(), std.double().numpy(), list(columns))

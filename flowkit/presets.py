@@ -13,6 +13,7 @@ from flowkit.bijectors.base import Bijector, Chain, Inverse
 from flowkit.bijectors.coupling import Coupling
 from flowkit.bijectors.linear import LULinear, Permutation, Whitening
 from flowkit.bijectors.normalization import ActNorm, BatchNorm
+from flowkit.bijectors.preprocessing import make_preprocessing
 from flowkit.bijectors.transformers import Additive, Affine, RationalQuadraticSpline, Transformer
 from flowkit.distributions import DiagGaussian
 from flowkit.flow import Flow
@@ -30,11 +31,14 @@ def preset(function: Callable[..., Flow]) -> Callable[..., Flow]:
     parameters. Spline flows need it to fit a target wider than their tail bound
     by reverse KL (each spline maps ``[-B, B]`` onto itself and is the identity outside, so with a
     fixed N(0, I) base almost no mass leaves ``[-B, B]``); density fitting of standardised data
-    does not.
+    does not. And ``preprocessing=[...]`` (a JSON-able spec, see
+    ``flowkit.bijectors.preprocessing.make_preprocessing``) puts dequantisation and bounds layers
+    in front of everything else, so ``log_prob`` is in the data's units.
     """
 
     @functools.wraps(function)
-    def build_flow(features: int, trainable_base: bool = False, whiten: bool = False, **kwargs) -> Flow:
+    def build_flow(features: int, trainable_base: bool = False, whiten: bool = False,
+                   preprocessing: list | None = None, **kwargs) -> Flow:
         flow = function(features, **kwargs)
         if whiten:
             if not hasattr(flow, "bijector"):
@@ -47,6 +51,12 @@ def preset(function: Callable[..., Flow]) -> Callable[..., Flow]:
                 raise ValueError(f"{function.__name__} has no flowkit base distribution to train")
             flow.base = DiagGaussian(features, trainable=True)
             kwargs["trainable_base"] = True
+        if preprocessing:
+            if not hasattr(flow, "bijector"):
+                raise ValueError(f"{function.__name__} has no flowkit chain to put preprocessing layers in")
+            body = list(flow.bijector.bijectors) if isinstance(flow.bijector, Chain) else [flow.bijector]
+            flow.bijector = Chain([*make_preprocessing(preprocessing, features), *body])
+            kwargs["preprocessing"] = list(preprocessing)
         flow.config = {"preset": function.__name__, "features": features, **kwargs}
         return flow
 

@@ -28,6 +28,7 @@ from flowkit.bijectors.autoregressive import MaskedAutoregressive
 from flowkit.bijectors.elementwise import Logit, Sigmoid, Softplus
 from flowkit.bijectors.linear import LULinear, Whitening
 from flowkit.bijectors.normalization import BatchNorm
+from flowkit.bijectors.preprocessing import Bounds, Dequantize
 from flowkit.bijectors.transformers import RationalQuadraticSpline
 from flowkit.distributions import DiagGaussian
 from flowkit.presets import iaf, maf, nsf, nsf_coupling
@@ -130,6 +131,17 @@ BIJECTOR_CASES: list[Case] = [
          sample_input=lambda batch, features: torch.rand(batch, features, dtype=torch.float64)),
     Case("softplus", lambda: Softplus(), 3, identity_at_init=False, has_parameters=False,
          sample_input=lambda batch, features: torch.exp(2 * standard_normal(batch, features))),
+    # Preprocessing of tabular models: integer cells (inputs on the integers, where the inverse
+    # of forward is exact), and bounds of each kind side by side with an unbounded column.
+    Case("dequantize", lambda: Dequantize(3, columns=[0, 2]), 3, identity_at_init=False, has_parameters=False,
+         sample_input=lambda batch, features: torch.stack([
+             torch.randint(-3, 9, (batch,)).double(), standard_normal(batch, 1)[:, 0],
+             torch.randint(0, 2, (batch,)).double()], 1)),
+    Case("bounds", lambda: Bounds([0.0, None, -1.0, None], [None, 2.0, 1.0, None], [1.5, 0.5, 1.0, 1.0]), 4,
+         identity_at_init=False, has_parameters=False,
+         sample_input=lambda batch, features: torch.stack([
+             torch.exp(standard_normal(batch, 1)[:, 0]), 2 - torch.exp(standard_normal(batch, 1)[:, 0]),
+             0.98 * (2 * torch.rand(batch, dtype=torch.float64) - 1), standard_normal(batch, 1)[:, 0]], 1)),
 ]
 
 # 2-D flows whose density must integrate to one; each builder takes context_features.

@@ -98,13 +98,15 @@ def test_fit_refuses_unavailable_devices(tmp_path: Path, device: str, message: s
     assert_one_line_error(result, contains=message)
 
 
-def test_fit_warns_about_repeated_whole_numbers(tmp_path: Path) -> None:
+def test_fit_dequantises_repeated_whole_numbers_and_says_so(tmp_path: Path) -> None:
+    """Once a warning; now such columns are dequantised inside the model (issue 8), and fit says so."""
     data = tmp_path / "counts.csv"
     rows = [f"{i % 4},{np.sin(i):.6f}" for i in range(100)]
     data.write_text("count,level\n" + "\n".join(rows) + "\n")
     result = invoke("fit", data, "-o", tmp_path / "m.flowkit", "--no-plot", *FAST)
     assert result.exit_code == 0 and (tmp_path / "m.flowkit").is_file()
-    assert result.stderr.startswith("warning: column(s) 'count' hold repeated whole numbers")
+    assert result.stderr.startswith("note: integer columns, dequantised") and "detected 'count'" in result.stderr
+    assert load_model(tmp_path / "m.flowkit")[0].config["preprocessing"] == [{"layer": "dequantize", "columns": [0]}]
 
 
 def test_damaged_data_files_are_refused_without_running_code(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""Loading tabular data (CSV, TSV, whitespace-separated text, .npy) with strict validation, and the
-standardisation a density model is fitted under.
+"""Loading tabular data (CSV, TSV, whitespace-separated text, Parquet, .npy, standard input) with
+strict validation, and the standardisation a density model is fitted under.
 
 Every problem with a file raises ``DataError`` with one line that says what is wrong and where
 (row and column), so the command line can print it and exit without a traceback.
@@ -11,6 +11,7 @@ import codecs
 import csv
 import math
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,12 +65,14 @@ def _sniff_delimiter(lines: list[str], suffix: str) -> str | None:
     return next((delimiter for delimiter in DELIMITERS if delimiter in first), None)
 
 
-def read_table(path: str | Path) -> Table:
-    """Read a numeric table from CSV/TSV/text (optional header row) or a 2-D ``.npy`` array.
+def read_table(path: str | Path, format: str | None = None) -> Table:
+    """Read a numeric table from CSV/TSV/text (optional header row), Parquet or a 2-D ``.npy`` array;
+    ``-`` reads standard input (as ``format``: csv, tsv, parquet or npy; CSV by default).
 
     Text may be UTF-8 (with or without a byte-order mark) or UTF-16 with a byte-order mark; lines
     starting with ``#`` are comments. The first row is a header when none of its fields is a
-    number. A ``.npy`` file is recognised by its content, whatever its name, and is never unpickled.
+    number. ``.npy`` and Parquet files are recognised by their content, whatever their name; a
+    ``.npy`` file is never unpickled.
 
     Raises:
         DataError: missing or unreadable file, no data rows, ragged rows, a non-numeric,
@@ -82,12 +85,31 @@ def read_table(path: str | Path) -> Table:
         >>> read_table(path).columns
         ['a', 'b']
     """
+    from flowkit.data import formats
+
+    if format is not None and format not in formats.FORMATS:
+        raise DataError(f"unknown format {format!r}; choose from {', '.join(formats.FORMATS)}")
+    if str(path) == "-":
+        raw = sys.stdin.buffer.read()
+        if not raw.strip():
+            raise DataError("stdin: no input (an empty pipe?)")
+        if format == "parquet" or raw.startswith(formats.PARQUET_MAGIC):
+            import io
+
+            return formats.read_parquet(io.BytesIO(raw), "stdin")
+        if format == "npy" or raw.startswith(NUMPY_MAGIC):
+            return formats.read_npy_bytes(raw, "stdin")
+        return _parse_text(Path("stdin"), _decode(Path("stdin"), raw), tab=format == "tsv")
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: is a directory, not a data file")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
+        with open(path, "rb") as handle:
+            start = handle.read(len(NUMPY_MAGIC))
+        if start.startswith(formats.PARQUET_MAGIC) or (format == "parquet" and start):
+            return formats.read_parquet(path, str(path))
         raw = path.read_bytes()
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror or error.__class__.__name__})") from None
@@ -97,7 +119,7 @@ def read_table(path: str | Path) -> Table:
         raise DataError(f"{path}: a zip archive (.npz?), not a table; save the one array with numpy.save as .npy")
     if path.suffix.lower() == ".npy":
         raise DataError(f"{path}: not a .npy file (it does not start with NumPy's header)")
-    return _parse_text(path, _decode(path, raw))
+    return _parse_text(path, _decode(path, raw), tab=format == "tsv")
 
 
 def _decode(path: Path, raw: bytes) -> str:
@@ -114,10 +136,10 @@ def _decode(path: Path, raw: bytes) -> str:
                         "save it as UTF-8") from None
 
 
-def _parse_text(path: Path, text: str) -> Table:
+def _parse_text(path: Path, text: str, tab: bool = False) -> Table:
     kept = [(number, line) for number, line in enumerate(text.splitlines(), 1)
             if line.strip() and not line.lstrip().startswith("#")]
-    delimiter = _sniff_delimiter([line for _, line in kept], path.suffix.lower())
+    delimiter = _sniff_delimiter([line for _, line in kept], ".tsv" if tab else path.suffix.lower())
     if delimiter is None:
         split = [line.split() for _, line in kept]
     else:
@@ -193,15 +215,22 @@ def _read_npy(path: Path) -> Table:
 @dataclass
 class Standardizer:
     """Per-column ``(x - mean) / std``; the density of ``x`` is the density of the standardised
-    values plus ``log_det = -sum(log std)``."""
+    values plus ``log_det = -sum(log std)``.
+
+    ``context`` is the standardisation of a conditional model's context columns (None for an
+    unconditional model): the conditioners see standardised context values.
+    """
 
     mean: np.ndarray
     std: np.ndarray
     columns: list[str]
+    context: Standardizer | None = None
 
     @classmethod
-    def fit(cls, table: Table) -> Standardizer:
-        """Fit to a table; a column with no spread is refused (its density is not defined)."""
+    def fit(cls, table: Table, unscaled: list[int] | tuple[int, ...] = ()) -> Standardizer:
+        """Fit to a table; a column with no spread is refused (its density is not defined).
+        Columns in ``unscaled`` (those with integer cells or bounds, which preprocessing layers
+        handle in the data's own units) keep mean 0 and std 1."""
         if table.values.shape[0] < 2:
             raise DataError(f"need at least 2 rows to fit, got {table.values.shape[0]}")
         with np.errstate(over="ignore", invalid="ignore"):
@@ -213,7 +242,9 @@ class Standardizer:
         constant = [name for name, s in zip(table.columns, std) if not s > 0]
         if constant:
             raise DataError(f"constant column(s) {', '.join(map(repr, constant))}: a density needs spread "
-                            "(drop them first)")
+                            "(drop them first, or leave them out with --exclude)")
+        unscaled = list(unscaled)
+        mean[unscaled], std[unscaled] = 0.0, 1.0
         return cls(mean, std, list(table.columns))
 
     @property

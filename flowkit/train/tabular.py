@@ -80,9 +80,11 @@ def mean_nll(flow: Flow, x: Tensor, context: Tensor | None = None, batch_size: i
         flow.train(was_training)
 
 
-def gaussian_flow(x: Tensor, shrinkage: float = 0.0, context_features: int = 0) -> Flow:
+def gaussian_flow(x: Tensor, shrinkage: float = 0.0, context_features: int = 0,
+                  preprocessing: list[dict[str, Any]] | None = None) -> Flow:
     """The Gaussian with the rows' mean and (shrunk) covariance, as a flow: a ``Whitening`` layer
-    over a standard normal base.
+    over a standard normal base (behind the ``preprocessing`` layers, when given, and then the
+    Gaussian of the rows after them).
 
     Example:
         >>> import torch
@@ -93,9 +95,22 @@ def gaussian_flow(x: Tensor, shrinkage: float = 0.0, context_features: int = 0) 
     """
     # No transforms: the chain is the whitening layer alone, and the config rebuilds exactly that.
     flow = build("maf", features=x.shape[1], context_features=context_features, transforms=0,
-                 whiten=True).to(x.dtype)
-    flow.bijector[-1].fit(x, shrinkage)
+                 whiten=True, preprocessing=preprocessing).to(x.dtype)
+    flow.bijector[-1].fit(preprocessed(x, preprocessing), shrinkage)
     return flow.eval()
+
+
+def preprocessed(x: Tensor, preprocessing: list[dict[str, Any]] | None) -> Tensor:
+    """The rows after the ``preprocessing`` layers in eval mode (integer columns at their cells'
+    centres): what the Gaussian behind them is fitted to."""
+    if not preprocessing:
+        return x
+    from flowkit.bijectors.base import Chain
+    from flowkit.bijectors.preprocessing import make_preprocessing
+
+    chain = Chain(make_preprocessing(preprocessing, x.shape[1])).eval()
+    with torch.no_grad():
+        return chain(x.to(torch.float64))[0].to(x.dtype)
 
 
 @torch.no_grad()
@@ -111,13 +126,14 @@ def fit_whitening(flow: Flow, x: Tensor, context: Tensor | None = None, shrinkag
     layers[-1].fit(y, shrinkage)
 
 
-def best_shrinkage(train: Tensor, validation: Tensor | None) -> tuple[float, float | None]:
+def best_shrinkage(train: Tensor, validation: Tensor | None,
+                   preprocessing: list[dict[str, Any]] | None = None) -> tuple[float, float | None]:
     """The shrinkage of the covariance towards its diagonal that scores best on ``validation``
     (0 when the covariance is positive definite and there are no validation rows), and that score."""
     best: tuple[float, float | None] = (math.nan, None)
     for shrinkage in SHRINKAGE_GRID:
         try:
-            flow = gaussian_flow(train, shrinkage)
+            flow = gaussian_flow(train, shrinkage, preprocessing=preprocessing)
         except ValueError:  # singular at this shrinkage: fewer rows than columns, collinear columns
             continue
         if validation is None:
@@ -178,6 +194,7 @@ def fit_tabular(
     resume_hint: str | None = None,
     dtype: torch.dtype = torch.float32,
     announce: Callable[[str], None] | None = None,
+    preprocessing: list[dict[str, Any]] | None = None,
 ) -> TabularFit:
     """Fit a flow to the rows of ``data`` with a configuration chosen from its size.
 
@@ -202,6 +219,10 @@ def fit_tabular(
             (checkpoints cover the last stage: a run interrupted in the race starts afresh).
         dtype: the model's floating-point type.
         announce: called with a line of text for each decision (the candidates, the winner).
+        preprocessing: dequantisation and bounds layers (a spec, see
+            ``flowkit.bijectors.preprocessing.make_preprocessing``) at the data end of every
+            candidate and of the Gaussian; the whitening is fitted to the rows after them (in eval
+            mode: integer columns at their cells' centres).
 
     Returns:
         A ``TabularFit``.
@@ -233,8 +254,8 @@ def fit_tabular(
     c_train = None if c is None else c[train_rows]
     c_val = None if c is None or x_val is None else c[validation_rows]
 
-    shrinkage, _ = best_shrinkage(x_train, x_val)
-    gaussian = gaussian_flow(x_train, shrinkage).to(dtype)
+    shrinkage, _ = best_shrinkage(x_train, x_val, preprocessing)
+    gaussian = gaussian_flow(x_train, shrinkage, preprocessing=preprocessing).to(dtype)
     as_dtype = lambda t: None if t is None else t.to(dtype)
     data_args = {"data": as_dtype(x_train), "context": as_dtype(c_train), "validation_data": as_dtype(x_val),
                  "validation_context": as_dtype(c_val)}
@@ -247,12 +268,18 @@ def fit_tabular(
         try:
             if not choice.whiten:
                 raise ValueError("no whitening asked for")
-            flow = build(choice.preset, whiten=True, **arguments).to(dtype)
+            flow = build(choice.preset, whiten=True, preprocessing=preprocessing, **arguments).to(dtype)
         except ValueError:  # a flow without a flowkit chain (nflows_*), or whiten=False: no Gaussian start
             torch.manual_seed(seed)
-            return build(choice.preset, **arguments).to(dtype)
-        fit_whitening(flow, x_train, c_train, shrinkage)
-        return flow
+            try:
+                return build(choice.preset, preprocessing=preprocessing, **arguments).to(dtype)
+            except ValueError:
+                if not preprocessing:
+                    raise
+                raise ValueError(f"{choice.preset} has no flowkit chain to hold the preprocessing layers "
+                                 "(integer or bounded columns); choose a flowkit preset") from None
+        fit_whitening(flow.eval() if preprocessing else flow, x_train, c_train, shrinkage)  # eval: cell centres
+        return flow.train()
 
     def train(flow: Flow, choice: Choice, budget: float | None, **extra: Any) -> FitResult:
         return fit_density(

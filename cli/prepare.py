@@ -1,0 +1,89 @@
+"""``flowkit fit``'s column options: which columns are modelled, conditioned on, integer or
+bounded, and the standardised arrays and preprocessing spec that ``fit_tabular`` is given."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import click
+import numpy as np
+from flowkit_cli.tables import ModelColumns, align
+
+from flowkit.data.columns import ColumnRoles, check_bounds, column_roles
+from flowkit.data.tabular import DataError, Standardizer, Table
+
+
+def column_options(command):
+    """The column options shared by ``fit`` (names or 0-based indices, comma-separated)."""
+    options = [
+        click.option("--columns", default=None, help="Model only these columns (names or 0-based indices, a,b,3)."),
+        click.option("--exclude", default=None, help="Leave these columns out."),
+        click.option("--context", default=None,
+                     help="Condition on these columns: a density p(rest | context), sampled at given contexts."),
+        click.option("--discrete", default=None,
+                     help="Integer columns to dequantise [default: whole-number columns with repeats]."),
+        click.option("--continuous", default=None, help="Columns never to treat as integer."),
+        click.option("--bounds", multiple=True, metavar="COL=LO:HI",
+                     help="Bounds of a column (logit for both, softplus for one; a side may be empty: x=0:). "
+                          "Repeatable."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@dataclass
+class PreparedTable:
+    """A table ready for ``fit_tabular``."""
+
+    roles: ColumnRoles
+    values: np.ndarray  # the modelled columns, in data units
+    context: np.ndarray | None
+    standardizer: Standardizer  # with .context for a conditional model
+    preprocessing: list[dict]
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.standardizer.transform(self.values)
+
+    @property
+    def c(self) -> np.ndarray | None:
+        return None if self.context is None else self.standardizer.context.transform(self.context)
+
+    def model_columns(self) -> ModelColumns:
+        metadata = self.roles.metadata()
+        return ModelColumns(metadata["modelled"], metadata["context"], metadata["table_columns"], metadata["ignored"],
+                            metadata["discrete"], metadata["bounds"])
+
+    def other(self, table: Table, label: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """Standardised modelled and context values of another table (``--test``), checked like the data."""
+        values, context = align(table, self.model_columns(), label)
+        names = self.roles.metadata()["modelled"]
+        bounds = {names.index(self.roles.names[index]): bound for index, bound in self.roles.bounds.items()}
+        check_bounds(values, names, bounds, label)
+        for position in self.roles.positions(self.roles.discrete):
+            column = values[:, position]
+            fractional = np.flatnonzero(column != np.round(column))
+            if len(fractional):
+                raise DataError(f"{label}: integer column {names[position]!r} holds a fraction "
+                                f"(row {fractional[0]}: {column[fractional[0]]:g})")
+        return self.standardizer.transform(values), \
+            None if context is None else self.standardizer.context.transform(context)
+
+
+def prepare(table: Table, columns=None, exclude=None, context=None, discrete=None, continuous=None,
+            bounds=()) -> PreparedTable:
+    """Roles from the options, then the modelled and context arrays and their standardisation.
+    Integer and bounded columns stay in the data's units (their preprocessing layers work there;
+    the whitening layer behind them scales them); the others are standardised in float64."""
+    roles = column_roles(table.columns, table.values, columns=columns, exclude=exclude, context=context,
+                         discrete=discrete, continuous=continuous, bounds=bounds)
+    values = table.values[:, roles.modelled]
+    names = [table.columns[index] for index in roles.modelled]
+    unscaled = roles.positions(sorted(set(roles.discrete) | set(roles.bounds)))
+    standardizer = Standardizer.fit(Table(values, names), unscaled=unscaled)
+    context_values = None
+    if roles.context:
+        context_values = table.values[:, roles.context]
+        standardizer.context = Standardizer.fit(Table(context_values, [table.columns[i] for i in roles.context]))
+    return PreparedTable(roles, values, context_values, standardizer, roles.preprocessing(table.values))
