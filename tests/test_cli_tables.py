@@ -84,7 +84,8 @@ def test_fit_prints_the_summary_and_proposes_bounds(table: Path, tmp_path: Path)
     lines = result.stdout.splitlines()
     header = next(index for index, line in enumerate(lines) if line.startswith("negative log-likelihood"))
     assert lines[header + 1].split()[:2] == ["train", "480"] and lines[header + 2].split()[0] == "validation"
-    assert "`--bounds p=0:1` would keep density and samples there" in result.stdout
+    assert "column(s) 'p' is in [0, 1]: `--bounds p=0:1` (and so on) would keep density and samples there" \
+        in result.stdout
     assert "bounds" not in load_model(tmp_path / "m.flowkit")[2]["columns"]["bounds"], "proposed, never applied"
     assert load_model(tmp_path / "m.flowkit")[0].config.get("preprocessing") is None  # 'k' named continuous
 

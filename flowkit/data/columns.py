@@ -223,8 +223,8 @@ def check_bounds(values: np.ndarray, names: list[str], bounds: dict[int, tuple[f
 
 def proposals(roles: ColumnRoles, values: np.ndarray) -> list[str]:
     """Bounds the data suggest but nobody asked for: columns in [0, 1], strictly positive columns,
-    and non-negative integer columns. Proposed, never applied."""
-    lines = []
+    and non-negative integer columns, one line per kind. Proposed, never applied."""
+    kinds: dict[str, list[str]] = {"unit": [], "positive": [], "counts": []}
     for index in roles.modelled:
         if index in roles.bounds:
             continue
@@ -232,11 +232,21 @@ def proposals(roles: ColumnRoles, values: np.ndarray) -> list[str]:
         low, high = float(column.min()), float(column.max())
         if index in roles.discrete:
             if low >= 0:
-                lines.append(f"column {name!r} holds counts (whole numbers >= 0): `--bounds {name}=0:` would keep "
-                             "samples non-negative")
+                kinds["counts"].append(name)
         elif 0 <= low and high <= 1:
-            lines.append(f"column {name!r} lies in [0, 1]: `--bounds {name}=0:1` would keep density and samples there")
+            kinds["unit"].append(name)
         elif low > 0:
-            lines.append(f"column {name!r} is strictly positive: `--bounds {name}=0:` would keep density and "
-                         "samples above 0")
+            kinds["positive"].append(name)
+    wording = {
+        "unit": ("in [0, 1]", "=0:1", "would keep density and samples there"),
+        "positive": ("strictly positive", "=0:", "would keep density and samples above 0"),
+        "counts": ("counts (whole numbers >= 0)", "=0:", "would keep samples non-negative"),
+    }
+    lines = []
+    for kind, names in kinds.items():
+        if names:
+            what, bound, effect = wording[kind]
+            shown = ", ".join(map(repr, names[:4])) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            lines.append(f"column(s) {shown} {'are' if len(names) > 1 else 'is'} {what}: "
+                         f"`--bounds {names[0]}{bound}` (and so on) {effect}")
     return lines
