@@ -59,11 +59,14 @@ def parse_hidden(text: str) -> int | list[int]:
 @click.option("--metrics", type=click.Path(dir_okay=False), default=None, help="Write per-epoch metrics as CSV.")
 @click.option("--compile", "use_compile", is_flag=True,
               help="Train through torch.compile: tens of seconds to compile, then faster steps (spline flows most).")
+@click.option("--bf16", is_flag=True,
+              help="bfloat16 matmuls (float32 weights and log-dets) on a GPU or a CPU with AMX / AVX512-BF16; "
+                   "refused elsewhere.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @clean_errors
 def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, batch_size, learning_rate,
         weight_decay, patience, validation_fraction, time_limit, seed, device, toy_samples, plot_path, no_plot,
-        checkpoint, resume, metrics, use_compile, quiet) -> None:
+        checkpoint, resume, metrics, use_compile, bf16, quiet) -> None:
     """Fit a flow to DATA (CSV, TSV, text or .npy table, or toy:NAME) by maximum likelihood.
 
     With the defaults the model starts as the full-covariance Gaussian of the training rows and
@@ -100,7 +103,7 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
     fitted = fit_tabular(
         standardizer.transform(table.values), time_limit=remaining, seed=seed, device=device, overrides=overrides,
         checkpoint=str(checkpoint), resume=resume, progress=False if quiet else "auto", metrics_csv=metrics,
-        compile=use_compile, resume_hint="the same `flowkit fit` command with --resume",
+        compile=use_compile, bf16=bf16, resume_hint="the same `flowkit fit` command with --resume",
         announce=None if quiet else lambda choice: click.echo(describe_choice(choice), err=True))
     result = fitted.result
     if result.stopped == "interrupted":

@@ -150,6 +150,7 @@ def fit_tabular(
     resume: bool = False,
     metrics_csv: str | os.PathLike[str] | None = None,
     compile: bool = False,
+    bf16: bool = False,
     resume_hint: str | None = None,
     dtype: torch.dtype = torch.float32,
     announce: Callable[[Choice], None] | None = None,
@@ -165,7 +166,7 @@ def fit_tabular(
         overrides: ``Choice`` fields to set instead of choosing them (``preset``, ``transforms``,
             ``hidden_features``, ``num_bins``, ``batch_size``, ``learning_rate``,
             ``weight_decay``, ``epochs``, ``max_steps``, ``patience``, ``validation_fraction``).
-        progress, checkpoint, resume, metrics_csv, compile, resume_hint: as for ``fit_density``.
+        progress, checkpoint, resume, metrics_csv, compile, bf16, resume_hint: as for ``fit_density``.
         dtype: the model's floating-point type.
         announce: called with the final ``Choice`` just before training starts.
 
@@ -231,7 +232,7 @@ def fit_tabular(
         validation_fraction=0.0, epochs=choice.epochs, max_steps=max_steps, batch_size=choice.batch_size,
         learning_rate=choice.learning_rate, weight_decay=choice.weight_decay, patience=choice.patience,
         time_limit=remaining, seed=seed, device=target, checkpoint=checkpoint, resume=resume, progress=progress,
-        metrics_csv=metrics_csv, compile=compile, resume_hint=resume_hint)
+        metrics_csv=metrics_csv, compile=compile, bf16=bf16, resume_hint=resume_hint)
     flow = flow.cpu().eval()
     kept = "flow"
     gaussian_train = mean_nll(gaussian, x_train_d)
