@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--libraries", nargs="+", default=list(peers.LIBRARIES), choices=peers.LIBRARIES)
     parser.add_argument("--features", nargs="+", type=int, default=[6, 43])
     parser.add_argument("--batch", nargs="+", type=int, default=[512, 4096])
-    parser.add_argument("--threads", nargs="+", default=["default", "1"],
+    parser.add_argument("--threads", nargs="+", default=["1", "default"],
                         help="torch thread counts to run at ('default': torch's own)")
     parser.add_argument("--transforms", type=int, default=5)
     parser.add_argument("--hidden", type=int, default=256)
@@ -114,11 +114,13 @@ def measure_config(args: argparse.Namespace, flow: str, features: int, batch: in
     shapes = peers.layer_shapes(flow, features, args.hidden, args.bins)
     bare = {dtype: ceiling.bare_products(shapes, args.transforms, batch, args.device, getattr(torch, dtype))
             for dtype in dtypes(args)}
+    slow_sampling = flow in peers.AUTOREGRESSIVE
     for library in functions:
         for metric in METRICS:
-            for _ in range(args.warmup if metric != "sample" or library == "flowkit" else 1):
+            # Peers' autoregressive sampling is a loop of full network passes: nothing to warm.
+            slow = metric == "sample" and slow_sampling and library != "flowkit"
+            for _ in range(0 if slow else args.warmup):
                 functions[library][metric]()
-    slow_sampling = flow in peers.AUTOREGRESSIVE
     times = {(library, metric): [] for library in functions for metric in METRICS}
     times |= {(dtype, metric): [] for dtype in bare for metric in ("train", "log_prob")}
     for function in (f for products in bare.values() for f in products.values()):
@@ -237,7 +239,7 @@ def measure_memory(args: argparse.Namespace) -> dict[tuple, dict]:
     return out
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, checkpoint=None) -> dict:
     default_threads = torch.get_num_threads()
     rows: list[dict] = []
     ceilings: dict = {}
@@ -253,6 +255,10 @@ def run(args: argparse.Namespace) -> dict:
                         rows.append(row | {"threads": threads})
                     print(f"threads {threads} batch {batch} {flow} {features}: {time.perf_counter() - started:.0f} s",
                           file=sys.stderr, flush=True)
+                    if checkpoint is not None:  # a partial report after every configuration
+                        add_ratios(rows, ceilings, args)
+                        checkpoint({"rows": rows, "ceilings": _jsonable_ceilings(ceilings),
+                                    "default_threads": default_threads, "partial": True})
     add_ratios(rows, ceilings, args)
     memory = {} if args.no_memory else measure_memory(args)
     for row in rows:
@@ -299,7 +305,8 @@ def _ratio(value: float | None) -> str:
 
 def markdown(report: dict) -> str:
     meta, rows = report["meta"], report["rows"]
-    lines = [f"# Performance suite ({meta['device']})", "",
+    lines = [f"# Performance suite ({meta['device']}){' (partial: still running)' if report.get('partial') else ''}",
+             "",
              f"Command: `{meta['command']}`  ",
              f"Date: {meta['date']}; {meta['cpu']}; bf16: {meta['bf16']}  ",
              f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}  ",
@@ -355,12 +362,16 @@ def main() -> None:
         return
     load_start = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
-    report = run(args)
-    report["meta"] = metadata(args, load_start, started)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"suite_{args.device.split(':')[0]}{'_' + args.tag if args.tag else ''}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
+
+    def write(report: dict) -> None:
+        report["meta"] = metadata(args, load_start, started)
+        stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+        stem.with_suffix(".md").write_text(markdown(report))
+
+    report = run(args, checkpoint=write)
+    write(report)
     print(markdown(report))
 
 
