@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--peer-sample-rounds", type=int, default=3,
                         help="rounds for peers' autoregressive sampling (one network pass per feature)")
+    parser.add_argument("--clock", choices=sorted(CLOCK), default="wall",
+                        help="wall time, or the process's CPU time (robust to other load; use with one thread)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child process")
     parser.add_argument("--quick", action="store_true",
                         help="reduced grid: batch 512, 3 rounds, 1 peer sampling round")
@@ -72,14 +74,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter
+
+
 def timed(function, device: str) -> float:
+    """Seconds of one call: wall clock, or with ``--clock cpu`` the process's CPU time, which a
+    machine shared with other load (preemption) inflates far less; on one thread it is the work."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start = clock()
     function()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def calls(entry: peers.Entry, features: int, batch: int, device: str) -> dict:
@@ -170,6 +178,9 @@ def add_ratios(rows: list[dict], ceilings: dict, args: argparse.Namespace) -> No
                           and r["library"] != "flowkit"]
                 if others:
                     row[f"{metric}_vs_best_peer"] = row[f"{metric}_rows_per_s"] / max(others)
+                    best = max((r for r in group if r["library"] not in ("flowkit", row["library"])),
+                               key=lambda r, m=metric: r[f"{m}_rows_per_s"])
+                    row[f"{metric}_best_peer"] = best["library"]
             row["train_gflops"] = flops["train"] / (row["train_ms"] / 1e3) / 1e9
             row["log_prob_gflops"] = flops["log_prob"] / (row["log_prob_ms"] / 1e3) / 1e9
             for dtype in dtypes(args):
@@ -293,14 +304,16 @@ def metadata(args: argparse.Namespace, load_start: list[float], started: float) 
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      **{name: version(name) for name in ("zuko", "nflows", "normflows")}},
         "config": {"transforms": args.transforms, "hidden": [args.hidden] * 2, "bins": args.bins,
-                   "rounds": args.rounds, "peer_sample_rounds": args.peer_sample_rounds, "dtype": "float32"},
+                   "rounds": args.rounds, "peer_sample_rounds": args.peer_sample_rounds, "dtype": "float32",
+                   "clock": args.clock},
         "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()],
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
 
 
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
+def _vs(row: dict, metric: str) -> str:
+    value = row.get(f"{metric}_vs_best_peer")
+    return "-" if value is None else f"{value:.2f}x ({row[f'{metric}_best_peer']})"
 
 
 def markdown(report: dict) -> str:
@@ -314,7 +327,9 @@ def markdown(report: dict) -> str:
              f"wall {meta['wall_seconds']} s  ",
              f"Config: {meta['config']}. A training step is -log_prob(batch).mean(), backward, Adam.", "",
              "## flowkit against the best peer", "",
-             "Speed over the fastest of zuko, nflows and normflows on each call (> 1: flowkit faster), and "
+             "Speed over the fastest of zuko, nflows and normflows on each call (> 1: flowkit faster; that peer in "
+             "brackets; normflows' MAF puts the one-pass direction on sampling (an IAF in effect), so its log_prob and "
+             "training take one network pass per feature), and "
              "flowkit's fraction of the float32 matmul ceiling (the bare products of its layer shapes).", "",
              "| threads | batch | flow | features | train | log_prob | sample | train / ceiling "
              "| log_prob / ceiling |",
@@ -323,8 +338,8 @@ def markdown(report: dict) -> str:
         if row["library"] != "flowkit":
             continue
         lines.append(f"| {row['threads']} | {row['batch']} | {row['flow']} | {row['features']} "
-                     f"| {_ratio(row.get('train_vs_best_peer'))} | {_ratio(row.get('log_prob_vs_best_peer'))} "
-                     f"| {_ratio(row.get('sample_vs_best_peer'))} | {row.get('train_fraction_float32', 0):.2f} "
+                     f"| {_vs(row, 'train')} | {_vs(row, 'log_prob')} | {_vs(row, 'sample')} "
+                     f"| {row.get('train_fraction_float32', 0):.2f} "
                      f"| {row.get('log_prob_fraction_float32', 0):.2f} |")
     lines += ["", "## Every library", "",
               "Rows per second (a training step's rows, log_prob's, sample's), training steps per second, "
@@ -357,6 +372,8 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     args = parse_args()
+    global clock
+    clock = CLOCK[args.clock]
     if args.memory_worker:
         memory_worker(args)
         return
