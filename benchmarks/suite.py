@@ -238,15 +238,22 @@ def measure_memory(args: argparse.Namespace) -> dict[tuple, dict]:
     the resident peak follows the live tensors (CPU only: GPUs would use torch.cuda's counters)."""
     if args.device != "cpu" or not Path("/proc/self/clear_refs").exists():
         return {}
-    command = [sys.executable, __file__, "--memory-worker", "--flows", *args.flows, "--libraries",
-               *args.libraries, "--features", *map(str, args.features), "--batch", *map(str, args.batch),
-               "--transforms", str(args.transforms), "--hidden", str(args.hidden), "--bins", str(args.bins)]
     environment = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-    output = subprocess.run(command, env=environment, capture_output=True, text=True, check=True).stdout
     out = {}
-    for line in output.splitlines():
-        record = json.loads(line)
-        out[record["flow"], record["features"], record["batch"], record["library"]] = record
+    # One child per configuration and library: in one long-lived child, memory freed by earlier
+    # configurations was reused by later ones and their peaks read as zero.
+    for flow in args.flows:
+        for features in args.features:
+            for batch in args.batch:
+                for library in args.libraries:
+                    command = [sys.executable, __file__, "--memory-worker", "--flows", flow, "--libraries", library,
+                               "--features", str(features), "--batch", str(batch), "--transforms",
+                               str(args.transforms), "--hidden", str(args.hidden), "--bins", str(args.bins)]
+                    output = subprocess.run(command, env=environment, capture_output=True, text=True,
+                                            check=True).stdout
+                    for line in output.splitlines():
+                        record = json.loads(line)
+                        out[record["flow"], record["features"], record["batch"], record["library"]] = record
     return out
 
 
