@@ -68,12 +68,15 @@ def parse_hidden(text: str) -> int | list[int]:
 @click.option("--metrics", type=click.Path(dir_okay=False), default=None, help="Write per-epoch metrics as CSV.")
 @click.option("--compile", "use_compile", is_flag=True,
               help="Train through torch.compile: tens of seconds to compile, then faster steps (spline flows most).")
+@click.option("--bf16", is_flag=True,
+              help="bfloat16 matmuls (float32 weights and log-dets) on a GPU or a CPU with AMX / AVX512-BF16; "
+                   "refused elsewhere.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @clean_errors
 def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, batch_size, learning_rate,
         weight_decay, patience, validation_fraction, time_limit, seed, device, toy_samples, plot_path, no_plot,
-        checkpoint, resume, metrics, use_compile, quiet, columns, exclude, context, discrete, continuous, bounds,
-        test_path, input_format) -> None:
+        checkpoint, resume, metrics, use_compile, bf16, quiet, columns, exclude, context, discrete, continuous,
+        bounds, test_path, input_format) -> None:
     """Fit a flow to DATA (CSV, TSV, Parquet or .npy table, - for standard input, or toy:NAME) by
     maximum likelihood.
 
@@ -119,7 +122,7 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
         prepared.x, context=prepared.c, preprocessing=prepared.preprocessing or None,
         time_limit=remaining, seed=seed, device=device, overrides=overrides,
         checkpoint=str(checkpoint), resume=resume, progress=False if quiet else "auto", metrics_csv=metrics,
-        compile=use_compile, resume_hint="the same `flowkit fit` command with --resume",
+        compile=use_compile, bf16=bf16, resume_hint="the same `flowkit fit` command with --resume",
         announce=None if quiet else lambda line: click.echo(line, err=True))
     result = fitted.result
     if result.stopped == "interrupted":

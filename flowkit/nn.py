@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowkit.masked_products import BlockedMADE, Groups, chunk_groups
+
 
 def hidden_sizes(hidden_features: int | Sequence[int]) -> list[int]:
     """An int means two hidden layers of that width; a sequence gives each width."""
@@ -143,6 +145,15 @@ class MADE(nn.Module):
         torch.Size([5, 3, 2])
     """
 
+    # Groups of units per layer in the block-triangular products (flowkit.masked_products): 4 do
+    # 62% of the dense work in 4 products a layer. They pay only where the groups stay large:
+    # measured on one CPU thread (CPU time, MADE forward + backward, batch 512, hidden 256, 256)
+    # a 43-feature spline MADE (989 outputs) took 17.8 ms against 21.4 dense, while an affine one
+    # (86 outputs) or any 6-feature MADE came out even (6.8 vs 6.4, 7.3 vs 7.0 ms): small products
+    # run below the matmul rate and each group adds Python dispatch. So ``plan`` is built only
+    # when the output layer is at least twice the widest hidden layer, with 8 or more features.
+    blocks = 4
+
     def __init__(
         self,
         features: int,
@@ -178,8 +189,35 @@ class MADE(nn.Module):
         # Per layer, per degree d: the slice [start, end) of the units of degree d. Static, so
         # the autoregressive inverse does no index arithmetic per step.
         self.bounds = [[_degree_slice(layer.degrees, d) for d in range(features)] for layer in layers]
+        pays = features >= 8 and features * num_params >= 2 * max(widths)
+        self.plan = _block_plan(self, degrees) if pays and self.natural_order and isinstance(self.activation, nn.ReLU) \
+            else None
+
+    def blocked(self, x: Tensor) -> bool:
+        """Whether ``forward`` runs the block-triangular products of ``flowkit.masked_products``:
+        in the natural order with ReLU, outside ``torch.compile`` (which fuses the dense masked
+        graph itself) and outside autocast (whose casts the hand-written backward does not make)."""
+        return (self.plan is not None and not torch.compiler.is_compiling()
+                and not torch.is_autocast_enabled(x.device.type))
+
+    def forward_transposed(self, xT: Tensor, context: Tensor | None = None) -> Tensor:
+        """The outputs as ``(num_params, features, batch)`` (contiguous) from ``xT``
+        ``(features, batch)``, through the block-triangular products (needs ``blocked``)."""
+        first = self.layers[0]
+        if context is None:
+            tensors = [first.weight, first.bias[:, None], first.mask]
+        else:  # context inputs have degree 0: every hidden unit sees them, unmasked
+            bias = F.linear(context, first.weight[:, self.features:], first.bias).t()
+            tensors = [first.weight[:, :self.features], bias, first.mask[:, :self.features]]
+        for layer in self.layers[1:]:
+            tensors += [layer.weight, layer.bias[:, None], layer.mask]
+        output = self.output
+        tensors += [output.weight, output.bias.view(self.num_params, self.features, 1), output.mask]
+        return BlockedMADE.apply(xT, self.plan, self.residual, *tensors)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        if self.blocked(x):
+            return self.forward_transposed(x.t().contiguous(), context).permute(2, 1, 0)
         h = x if context is None else torch.cat([x, context], dim=-1)
         for index, layer in enumerate(self.layers):
             a = self.activation(layer(h))
@@ -191,6 +229,22 @@ class MADE(nn.Module):
         layer's weight, bias or mask), as ``(features, num_params, ...)``: the one place that
         knows the parameter-major order of the output units."""
         return rows.view(self.num_params, self.features, *rows.shape[1:]).transpose(0, 1)
+
+
+def _block_plan(made: MADE, input_degrees: Tensor) -> list[Groups]:
+    """Per hidden layer, then the output layer (rows = features), the groups of output units and
+    the prefix of (degree-sorted) inputs each group sees; see ``flowkit.masked_products``."""
+    plan = []
+    previous = torch.sort(input_degrees).values
+    for layer in made.layers:
+        degrees = layer.degrees
+        plan.append(chunk_groups(len(degrees), made.blocks, lambda row, d=degrees, p=previous:
+                                 int(torch.searchsorted(p, d[row], right=True))))
+        previous = degrees
+    # Output feature ``i`` (natural order: degree ``i + 1``) sees hidden degrees ``<= i``.
+    plan.append(chunk_groups(made.features, made.blocks,
+                             lambda row, p=previous: int(torch.searchsorted(p, row, right=True))))
+    return plan
 
 
 def _degree_slice(degrees: Tensor, degree: int) -> tuple[int, int]:

@@ -106,6 +106,12 @@ BIJECTOR_CASES: list[Case] = [
                                       context_features=3, hidden_features=[12, 12], order="random",
                                       seed=2, residual=True), 4, context_features=3,
          sample_input=lambda batch, features: 2.5 * standard_normal(batch, features)),
+    # Large enough for MADE's block-triangular products (flowkit.masked_products): natural order,
+    # outputs (8 x 11) at least twice the hidden width.
+    Case("maf-spline-blocked-context-residual",
+         lambda: MaskedAutoregressive(RationalQuadraticSpline(num_bins=4, tail_bound=2.0), 8,
+                                      context_features=2, hidden_features=[12, 12], residual=True), 8,
+         context_features=2, sample_input=lambda batch, features: 2.5 * standard_normal(batch, features)),
     Case("iaf", lambda: Inverse(MaskedAutoregressive(Affine(), 4, hidden_features=[10, 10])), 4),
     Case("iaf-context",
          lambda: Inverse(MaskedAutoregressive(Affine(), 3, context_features=2, hidden_features=[8, 8],

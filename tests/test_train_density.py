@@ -138,13 +138,6 @@ def test_bad_inputs_get_clear_errors() -> None:
                     context=torch.randn(3, 1), progress=False)
 
 
-def test_bf16_is_ignored_with_a_warning_on_cpu() -> None:
-    with pytest.warns(UserWarning, match="bf16"):
-        result = fit_density(_flow(), torch.randn(64, 2), epochs=1, batch_size=32, bf16=True,
-                             device="cpu", progress=False)
-    assert result.device == "cpu"
-
-
 def test_data_dependent_init_leaves_batchnorm_statistics_alone() -> None:
     from flowkit.bijectors import ActNorm, Affine, BatchNorm, Chain, Coupling
 

@@ -137,14 +137,6 @@ def test_any_torch_callable_is_a_target(kind: str) -> None:
     assert flow.sample(4000).mean(0).sub(LOC).abs().max() < 0.15
 
 
-def test_bf16_is_ignored_with_a_warning_on_cpu() -> None:
-    flow = flowkit.realnvp(features=2, transforms=1, hidden_features=8)
-    with pytest.warns(UserWarning, match="bf16"):
-        result = fit_variational(flow, log_target, steps=2, bf16=True, device="cpu", progress=False,
-                                 diagnostic_samples=0)
-    assert result.device == "cpu" and result.steps == 2
-
-
 def test_spline_flow_fits_a_target_wider_than_its_tail_bound_with_a_trainable_base() -> None:
     """Splines map [-B, B] onto itself and are the identity outside: with a fixed N(0, I) base an
     NSF cannot widen to a std-5 target (log Z visibly off); with trainable_base=True it can."""

@@ -65,7 +65,13 @@ class MaskedAutoregressive(Bijector):
         self._compiled_step: Step | None = None
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        z, log_det = self.transformer.forward(x, self.made(x, context))
+        if self.made.blocked(x):  # everything (features, batch): see flowkit.masked_products
+            xT = x.t().contiguous()
+            zT, log_det = self.transformer.forward(xT, self.made.forward_transposed(xT, context).permute(1, 2, 0))
+            return zT.t().contiguous(), log_det.sum(0)
+        # ``.to``: under bf16 autocast MADE's products come out in bfloat16; the transformer and
+        # its log-det run in the data's dtype (a no-op otherwise).
+        z, log_det = self.transformer.forward(x, self.made(x, context).to(x.dtype))
         return z, log_det.sum(-1)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -84,7 +84,7 @@ def solve(made: MADE, target: Tensor, step: Step, context: Tensor | None = None)
                 activations[number] = torch.cat([activations[number], unit])
             below = activations[number]
         params = torch.addmm(bias_out[k], weight_out[k, :, :below.shape[0]], below)
-        x_k, log_det = step(target_rows[k], params.t())
+        x_k, log_det = step(target_rows[k], params.t().to(target.dtype))  # float32 under bf16 autocast
         x_rows = torch.cat([x_rows, x_k[None]])
         total = total + log_det
     return x_rows[torch.argsort(index)].t().contiguous(), total

@@ -73,7 +73,7 @@ class Coupling(Bijector):
         inputs = x_identity if context is None else torch.cat([x_identity, context], dim=-1)
         # Parameter-major output units, viewed as (batch, transformed, num_params): each parameter
         # is then a contiguous block, the layout the spline functions reduce over fastest.
-        params = self.conditioner(inputs)
+        params = self.conditioner(inputs).to(x_identity.dtype)  # float32 under bf16 autocast
         return params.view(-1, self.transformer.num_params, self.num_transformed).transpose(1, 2)
 
     def _couple(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:

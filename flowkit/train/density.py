@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
-from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -13,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.train import distributed as dist_tools
-from flowkit.train import losses
+from flowkit.train import losses, precision
 from flowkit.train.loop import LoopConfig, train_loop
 from flowkit.train.result import FitResult
 
@@ -141,7 +139,9 @@ def fit_density(
         seed: seeds the split, the shuffles and torch's generator; the same seed gives the same
             parameters bit for bit on CPU.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-        bf16: bfloat16 autocast of the training loss on CUDA (ignored with a warning on CPU).
+        bf16: bfloat16 autocast of the training loss (conditioner matmuls in bf16; weights,
+            log-dets and the loss in float32) on a GPU or a CPU with AMX / AVX512-BF16; refused
+            with a ``ValueError`` saying why where the hardware lacks native bf16.
         checkpoint: path of a checkpoint written each epoch, at the end and on SIGINT/SIGTERM.
         resume: continue from ``checkpoint`` if it exists (else start afresh).
         progress: ``"auto"``, ``"bar"``, ``"lines"``, or False.
@@ -198,9 +198,8 @@ def fit_density(
 
     context_dist = dist_tools.detect()
     target = dist_tools.resolve_device(device, context_dist)
-    if bf16 and target.type != "cuda":
-        warnings.warn("bf16 autocast is only used on CUDA; training in full precision", stacklevel=2)
-        bf16 = False
+    if bf16:
+        precision.check_bf16(target)
     context_dist = dist_tools.setup(target)
     try:
         flow.to(target)
@@ -225,8 +224,7 @@ def fit_density(
             indices = orders[epoch][position * batch_size:(position + 1) * batch_size]
             local = dist_tools.shard(indices, context_dist)
             xb, cb = batches.take(local)
-            autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
-            with autocast:
+            with precision.autocast(target, bf16):
                 loss = losses.negative_log_likelihood(trainer, xb, cb)
             if context_dist.enabled:  # DDP averages over ranks: weight so the result is the global mean
                 loss = loss * (len(local) * context_dist.world_size / len(indices))

@@ -191,6 +191,7 @@ def fit_tabular(
     resume: bool = False,
     metrics_csv: str | os.PathLike[str] | None = None,
     compile: bool = False,
+    bf16: bool = False,
     resume_hint: str | None = None,
     dtype: torch.dtype = torch.float32,
     announce: Callable[[str], None] | None = None,
@@ -215,7 +216,7 @@ def fit_tabular(
             ``hidden_features``, ``num_bins``, ``tail_bound``, ``batch_size``, ``learning_rate``,
             ``weight_decay``, ``epochs``, ``max_steps``, ``patience``, ``validation_fraction``);
             any of the first three fixes the body, and then nothing races.
-        progress, checkpoint, resume, metrics_csv, compile, resume_hint: as for ``fit_density``
+        progress, checkpoint, resume, metrics_csv, compile, bf16, resume_hint: as for ``fit_density``
             (checkpoints cover the last stage: a run interrupted in the race starts afresh).
         dtype: the model's floating-point type.
         announce: called with a line of text for each decision (the candidates, the winner).
@@ -286,7 +287,7 @@ def fit_tabular(
             flow, **data_args, validation_fraction=0.0, epochs=choice.epochs, max_steps=choice.max_steps,
             batch_size=choice.batch_size, learning_rate=choice.learning_rate, weight_decay=choice.weight_decay,
             patience=choice.patience, time_limit=budget, schedule_by_time=budget is not None, seed=seed,
-            device=target, progress=progress, compile=compile, **extra)
+            device=target, progress=progress, compile=compile, bf16=bf16, **extra)
 
     def left() -> float | None:
         # Training stops a little before the limit: scoring, saving and exiting take the rest.

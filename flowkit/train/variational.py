@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
 
 from flowkit.train import distributed as dist_tools
+from flowkit.train import precision
 from flowkit.train.density import model_dtype
 from flowkit.train.loop import LoopConfig, train_loop
 from flowkit.train.result import FitResult
@@ -62,7 +61,8 @@ def fit_variational(
         estimator: ``"pathwise"`` (reparameterization), ``"stl"`` or ``"score"``.
         learning_rate, weight_decay, schedule, warmup_steps, clip_grad_norm, time_limit, seed,
             device, bf16, checkpoint, resume, progress, metrics_csv, tensorboard_dir: as in
-            ``fit_density`` (``bf16`` autocasts the loss, samples and target included).
+            ``fit_density`` (``bf16`` autocasts the loss, samples and target included; refused where
+            the hardware lacks native bf16).
         diagnostic_samples: samples for the final diagnostics (0: skip them).
         context: conditioning row(s) for a conditional flow.
         log_every: steps per history record and checkpoint (default ``steps // 20``, 1 to 100).
@@ -90,9 +90,8 @@ def fit_variational(
         raise ValueError(f"steps and num_samples must be positive, got {steps} and {num_samples}")
     place = dist_tools.detect()
     target = dist_tools.resolve_device(device, place)
-    if bf16 and target.type != "cuda":
-        warnings.warn("bf16 autocast is only used on CUDA; training in full precision", stacklevel=2)
-        bf16 = False
+    if bf16:
+        precision.check_bf16(target)
     flow.to(target)
     owner = log_target if isinstance(log_target, nn.Module) else getattr(log_target, "__self__", None)
     if isinstance(owner, nn.Module):  # its constants must live where the samples are drawn
@@ -102,7 +101,7 @@ def fit_variational(
     interval = log_every or max(1, min(100, steps // 20))
 
     def compute_loss(step: int) -> tuple[Tensor, int]:
-        with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext():
+        with precision.autocast(target, bf16):
             loss = reverse_kl_loss(flow, log_target, num_samples, estimator=estimator, context=context)
         return loss.float() if bf16 else loss, num_samples
 
