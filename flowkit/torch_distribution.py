@@ -10,6 +10,7 @@ posterior ``q(z | x)`` needs.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -59,20 +60,24 @@ class FlowDistribution(Distribution):
         elif flow.context_features:
             raise ValueError(f"this flow needs a context of {flow.context_features} features")
         self.context = context
+        self._repeat = torch.Size()
         super().__init__(batch_shape=batch_shape, event_shape=torch.Size([flow.features]),
                          validate_args=validate_args)
 
     def expand(self, batch_shape: torch.Size, _instance: FlowDistribution | None = None) -> FlowDistribution:
-        """An unconditional flow expands to any batch shape by repeating; a context batch cannot."""
+        """The same flow repeated over ``batch_shape``; its trailing dimensions must be the
+        context's batch (none for an unbatched context)."""
         batch_shape = torch.Size(batch_shape)
-        if batch_shape == self.batch_shape:
-            return self
-        if self.context is not None and self.context.dim() == 2:
-            raise NotImplementedError("a FlowDistribution with a batch of contexts cannot be expanded")
-        expanded = _Expanded.__new__(_Expanded)
-        expanded.flow, expanded.context = self.flow, self.context
+        own = self._context_batch()
+        if batch_shape[len(batch_shape) - len(own):] != own or len(batch_shape) < len(own):
+            raise ValueError(f"cannot expand a batch of {tuple(own)} contexts to {tuple(batch_shape)}")
+        expanded = copy.copy(self)
+        expanded._repeat = batch_shape[:len(batch_shape) - len(own)]
         Distribution.__init__(expanded, batch_shape, self.event_shape, validate_args=False)
         return expanded
+
+    def _context_batch(self) -> torch.Size:
+        return torch.Size() if self.context is None else self.context.shape[:-1]
 
     # --- sampling -------------------------------------------------------------------------------
 
@@ -81,7 +86,7 @@ class FlowDistribution(Distribution):
         if self.context is None:
             return None
         context = self.context.reshape(-1, self.flow.context_features)
-        return context.repeat(count, 1)
+        return context.repeat(count * math.prod(self._repeat), 1)
 
     def _count(self, sample_shape: torch.Size) -> int:
         return math.prod(sample_shape) * math.prod(self.batch_shape)
@@ -138,15 +143,3 @@ class FlowDistribution(Distribution):
     @property
     def variance(self) -> Tensor:
         raise NotImplementedError("a flow has no closed-form variance; use the variance of sample() draws")
-
-
-class _Expanded(FlowDistribution):
-    """An unconditional ``FlowDistribution`` repeated over a batch shape (``expand``)."""
-
-    def _count(self, sample_shape: torch.Size) -> int:
-        return math.prod(sample_shape) * math.prod(self.batch_shape)
-
-    def _rows(self, count: int) -> Tensor | None:
-        if self.context is None:
-            return None
-        return self.context.reshape(1, -1).expand(count * math.prod(self.batch_shape), -1)
