@@ -11,6 +11,7 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
+from flowkit.posterior_head import attach_posterior_head, can_take_posterior_head, has_posterior_head
 from flowkit.train import distributed as dist_tools
 from flowkit.train.density import model_dtype
 from flowkit.train.loop import LoopConfig, train_loop
@@ -43,6 +44,8 @@ def fit_variational(
     log_every: int | None = None,
     checkpoint_interval: float = 60.0,
     resume_hint: str | None = None,
+    posterior_head: bool | str = "auto",
+    anneal_fraction: float = 0.0,
 ) -> FitResult:
     """Fit ``flow`` (as ``q``) to ``exp(log_target)`` by minimising ``KL(q || p)``.
 
@@ -68,6 +71,12 @@ def fit_variational(
         log_every: steps per history record and checkpoint (default ``steps // 20``, 1 to 100).
         checkpoint_interval: least seconds between two checkpoints (stops always save).
         resume_hint: how to resume, for the message after an interruption.
+        posterior_head: add ``flowkit.posterior_head`` (a trainable base, a data-end inverse
+            autoregressive affine layer and a learned elementwise affine, all starting as the
+            identity) before training, so that every preset can fit wide, skewed and
+            funnel-shaped targets: ``"auto"`` (the default) adds it to any flowkit ``Flow`` with a
+            ``DiagGaussian`` base that has none yet, ``True`` insists, ``False`` trains the flow
+            exactly as built. The flow is changed in place and ``flow.config`` records the head.
 
     Returns:
         A ``FitResult``; ``train_loss`` in its history is the negative ELBO (``KL - log Z``) and
@@ -88,6 +97,10 @@ def fit_variational(
         raise ValueError(f"unknown estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
     if steps < 1 or num_samples < 1:
         raise ValueError(f"steps and num_samples must be positive, got {steps} and {num_samples}")
+    if posterior_head not in (True, False, "auto"):
+        raise ValueError(f"posterior_head must be True, False or 'auto', got {posterior_head!r}")
+    if posterior_head is True or (posterior_head == "auto" and can_take_posterior_head(flow)):
+        attach_posterior_head(flow, seed=seed)  # before the optimiser sees the parameters
     place = dist_tools.detect()
     target = dist_tools.resolve_device(device, place)
     if bf16 and target.type != "cuda":
@@ -101,9 +114,15 @@ def fit_variational(
         context = torch.as_tensor(context, dtype=model_dtype(flow)).to(target)
     interval = log_every or max(1, min(100, steps // 20))
 
+    anneal_steps = int(anneal_fraction * steps)
+
     def compute_loss(step: int) -> tuple[Tensor, int]:
+        fitted = log_target
+        if step < anneal_steps:  # tempered target p^beta, beta from 0.01 up to 1 geometrically
+            beta = 0.01 ** (1 - step / anneal_steps)
+            fitted = lambda *args: beta * log_target(*args)  # noqa: E731
         with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext():
-            loss = reverse_kl_loss(flow, log_target, num_samples, estimator=estimator, context=context)
+            loss = reverse_kl_loss(flow, fitted, num_samples, estimator=estimator, context=context)
         return loss.float() if bf16 else loss, num_samples
 
     # Reverse KL draws its own samples, so there is nothing to shard: under torchrun every rank
@@ -117,7 +136,8 @@ def fit_variational(
         tensorboard_dir=tensorboard_dir, checkpoint_interval=checkpoint_interval,
         resume_hint=resume_hint or "resume=True",
         fingerprint={"steps": steps, "num_samples": num_samples, "estimator": estimator,
-                     "learning_rate": learning_rate, "seed": seed},
+                     "learning_rate": learning_rate, "seed": seed,
+                     "posterior_head": has_posterior_head(flow)},
     )
     result = train_loop(flow, compute_loss, config, device=target, distributed=single)
     if diagnostic_samples > 0 and result.stopped != "diverged":
