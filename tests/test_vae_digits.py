@@ -3,7 +3,8 @@ ELBO with pathwise gradients through rsample_and_log_prob and its context.
 
 The comparison on real digits takes about a minute on a free core, so it runs with
 FLOWKIT_FULL_VARIATIONAL=1; measured (seed 0, 30 epochs): held-out ELBO -21.51 (flow) vs -23.02
-(diagonal Gaussian) nats per image; benchmarks/results/vae_digits.md has more seeds.
+(diagonal Gaussian) nats per image. Over seeds it is not yet a sure margin: at 40 epochs,
+benchmarks/results/vae_digits.md has +1.45, +0.86 and -0.24 nats for seeds 0-2.
 """
 
 from __future__ import annotations
