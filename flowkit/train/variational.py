@@ -72,8 +72,8 @@ def fit_variational(
         checkpoint_interval: least seconds between two checkpoints (stops always save).
         resume_hint: how to resume, for the message after an interruption.
         posterior_head: add ``flowkit.posterior_head`` (a trainable base, a data-end inverse
-            autoregressive affine layer and a learned elementwise affine, all starting as the
-            identity) before training, so that every preset can fit wide, skewed and
+            autoregressive affine layer, an elementwise spline and a learned elementwise affine,
+            all starting as the identity) before training, so that every preset can fit wide, skewed and
             funnel-shaped targets: ``"auto"`` (the default) adds it to any flowkit ``Flow`` with a
             ``DiagGaussian`` base that has none yet, ``True`` insists, ``False`` trains the flow
             exactly as built. The flow is changed in place and ``flow.config`` records the head.
@@ -107,7 +107,7 @@ def fit_variational(
     if posterior_head not in (True, False, "auto"):
         raise ValueError(f"posterior_head must be True, False or 'auto', got {posterior_head!r}")
     if posterior_head is True or (posterior_head == "auto" and can_take_posterior_head(flow)):
-        attach_posterior_head(flow, seed=seed)  # before the optimiser sees the parameters
+        attach_posterior_head(flow)  # before the optimiser sees the parameters; build() rebuilds the same
     place = dist_tools.detect()
     target = dist_tools.resolve_device(device, place)
     if bf16 and target.type != "cuda":
