@@ -68,7 +68,13 @@ def build(preset: str, **kwargs) -> Flow:
     """Build a registered preset by name (``build(**flow.config)`` rebuilds a flow)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}")
-    return PRESETS[preset](**kwargs)
+    posterior_head = kwargs.pop("posterior_head", False)
+    flow = PRESETS[preset](**kwargs)
+    if posterior_head:  # added by fit_variational: see flowkit.posterior_head
+        from flowkit.posterior_head import attach_posterior_head
+
+        attach_posterior_head(flow)
+    return flow
 
 
 def make_permutation(kind: str, features: int, seed: int) -> Bijector:

@@ -30,7 +30,9 @@ from flowkit.bijectors.linear import LULinear, Whitening
 from flowkit.bijectors.normalization import BatchNorm
 from flowkit.bijectors.preprocessing import Bounds, Dequantize
 from flowkit.bijectors.transformers import RationalQuadraticSpline
+from flowkit.bijectors.unconditional import Unconditional
 from flowkit.distributions import DiagGaussian
+from flowkit.posterior_head import attach_posterior_head
 from flowkit.presets import iaf, maf, nsf, nsf_coupling
 
 
@@ -148,6 +150,10 @@ BIJECTOR_CASES: list[Case] = [
          sample_input=lambda batch, features: torch.stack([
              torch.exp(standard_normal(batch, 1)[:, 0]), 2 - torch.exp(standard_normal(batch, 1)[:, 0]),
              0.98 * (2 * torch.rand(batch, dtype=torch.float64) - 1), standard_normal(batch, 1)[:, 0]], 1)),
+    # Free-parameter elementwise transformers (the posterior head's marginal spline).
+    Case("unconditional-spline", lambda: Unconditional(RationalQuadraticSpline(num_bins=5, tail_bound=2.5), 3), 3,
+         sample_input=lambda batch, features: 2.5 * standard_normal(batch, features)),
+    Case("unconditional-affine", lambda: Unconditional(Affine(), 2), 2),
 ]
 
 # 2-D flows whose density must integrate to one; each builder takes context_features.
@@ -164,6 +170,7 @@ FLOW_CASES: dict[str, Callable[[], flowkit.Flow]] = {
         LULinear(2, seed=0), BatchNorm(2),
         Coupling(RationalQuadraticSpline(num_bins=5, tail_bound=3.0), 2, hidden_features=16),
         LULinear(2, seed=1)])),
+    "nsf-posterior-head": lambda: attach_posterior_head(nsf(2, transforms=1, hidden_features=16, num_bins=5)),
 }
 
 

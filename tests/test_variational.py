@@ -49,7 +49,8 @@ def test_fit_finds_the_width_of_the_funnel_neck(estimator: str) -> None:
     target = NealsFunnel(features=2)
     flow = flowkit.realnvp(2, transforms=4, hidden_features=32)
     result = fit_variational(flow, target, steps=300, num_samples=256, learning_rate=1e-2,
-                             estimator=estimator, progress=False, diagnostic_samples=0)
+                             estimator=estimator, progress=False, diagnostic_samples=0,
+                        posterior_head=False)  # q must be exactly this Gaussian family
     neck = flow.sample(20_000)[:, 0].double()
     assert abs(neck.std().item() - 3.0) < 0.25
     assert abs(neck.mean().item()) < 0.3
@@ -74,7 +75,8 @@ def test_stl_and_score_function_stick_the_landing_where_pathwise_jitters() -> No
         torch.manual_seed(0)
         flow = flowkit.Flow(flowkit.DiagGaussian(3, trainable=True), Chain([]))
         fit_variational(flow, log_target, steps=300, num_samples=64, learning_rate=5e-2,
-                        estimator=estimator, progress=False, diagnostic_samples=0)
+                        estimator=estimator, progress=False, diagnostic_samples=0,
+                        posterior_head=False)  # q must be exactly this Gaussian family
         errors[estimator] = max((flow.base.loc - mean).abs().max().item(),
                                 (flow.base.scale - scale).abs().max().item())
     assert errors["stl"] < 1e-3 and errors["score"] < 1e-3, errors

@@ -7,9 +7,10 @@ from flowkit.bijectors.elementwise import Logit, Sigmoid, Softplus
 from flowkit.bijectors.linear import LULinear, Permutation, Whitening
 from flowkit.bijectors.normalization import ActNorm, BatchNorm
 from flowkit.bijectors.transformers import Additive, Affine, RationalQuadraticSpline, Transformer
+from flowkit.bijectors.unconditional import Unconditional
 
 __all__ = [
     "ActNorm", "Additive", "Affine", "BatchNorm", "Bijector", "Chain", "Coupling", "Inverse", "LULinear", "Logit",
     "MaskedAutoregressive", "Permutation", "RationalQuadraticSpline", "Sigmoid", "Softplus", "Transformer",
-    "Whitening",
+    "Unconditional", "Whitening",
 ]

@@ -104,28 +104,66 @@ def psis_khat(log_weights: Tensor) -> float:
         >>> light < 0.5 < 0.7 < heavy
         True
     """
+    return psis_smooth(log_weights)[1]
+
+
+def psis_smooth(log_weights: Tensor) -> tuple[Tensor, float]:
+    """Pareto-smoothed log-weights and ``k-hat`` (Vehtari, Simpson, Gelman, Yao and Gabry).
+
+    The ``M`` largest weights (``M`` as in ``psis_khat``) are replaced by the expected order
+    statistics of the generalized Pareto distribution fitted to them, ``cutoff + F^{-1}((j -
+    1/2) / M)`` for ``j = 1..M``, capped at the largest raw weight: a few huge raw weights no
+    longer dominate the estimates, at a bias that vanishes with ``N`` when ``k-hat < 0.7``. When
+    the tail cannot be fitted (``k-hat`` inf or nan) the weights are returned unsmoothed.
+
+    Args:
+        log_weights: ``(N,)`` log importance weights, unnormalised.
+
+    Returns:
+        ``(smoothed, khat)``: float64 log-weights on the CPU, shifted so their maximum is 0 and in
+        the original order, and the shape estimate.
+
+    Example:
+        >>> import torch
+        >>> log_weights = torch.randn(1000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        >>> smoothed, khat = psis_smooth(log_weights)
+        >>> smoothed.shape, bool(smoothed.max() <= 0), khat < 0.7
+        (torch.Size([1000]), True, True)
+    """
     log_weights = log_weights.detach().double().flatten().cpu()
     if bool(torch.isnan(log_weights).any()):
-        return math.nan
+        return log_weights, math.nan
     if bool(torch.isposinf(log_weights).any()):
-        return math.inf
+        return log_weights, math.inf
     count = log_weights.numel()
     tail_length = math.ceil(min(0.2 * count, 3 * math.sqrt(count)))
     if tail_length + 1 > count:
-        return math.inf
+        return log_weights - log_weights.max(), math.inf
     log_weights = log_weights - log_weights.max()
-    sorted_log_weights = torch.sort(log_weights).values
+    sorted_log_weights, order = torch.sort(log_weights)
     # The cutoff is the largest weight below the tail; floored so exp() stays a normal number.
     cutoff = max(sorted_log_weights[-tail_length - 1].item(), math.log(torch.finfo(torch.float64).tiny))
-    tail = sorted_log_weights[sorted_log_weights > cutoff]
+    in_tail = sorted_log_weights > cutoff
+    tail = sorted_log_weights[in_tail]
     if tail.numel() <= 4:
-        return math.inf
+        return log_weights, math.inf
     exceedances = tail.exp() - math.exp(cutoff)
-    return _generalized_pareto_shape(exceedances)
+    shape, scale = _generalized_pareto_fit(exceedances)
+    # Expected order statistics of the fitted tail, capped at the largest raw weight (0 here).
+    levels = (torch.arange(tail.numel(), dtype=torch.float64) + 0.5) / tail.numel()
+    if abs(shape) > 1e-12:
+        quantiles = scale * torch.expm1(-shape * torch.log1p(-levels)) / shape
+    else:
+        quantiles = -scale * torch.log1p(-levels)
+    smoothed_tail = torch.log(quantiles + math.exp(cutoff)).clamp(max=0.0)
+    smoothed = log_weights.clone()
+    smoothed[order[in_tail.nonzero().squeeze(1)]] = smoothed_tail
+    return smoothed, shape
 
 
-def _generalized_pareto_shape(exceedances: Tensor) -> float:
-    """Zhang-Stephens posterior-mean GPD shape ``k`` of sorted positive exceedances, with prior.
+def _generalized_pareto_fit(exceedances: Tensor) -> tuple[float, float]:
+    """Zhang-Stephens posterior-mean GPD shape ``k`` (with the PSIS prior) and scale ``sigma`` of
+    sorted positive exceedances.
 
     In the parameterisation ``F(x) = 1 - (1 + k x / sigma)^(-1/k)``; heavier tails give larger k.
     """
@@ -144,6 +182,7 @@ def _generalized_pareto_shape(exceedances: Tensor) -> float:
     weights, theta = weights[keep], theta[keep]
     theta_posterior = (theta * weights).sum() / weights.sum()
     k = torch.log1p(-theta_posterior * exceedances).mean().item()
+    scale = -k / theta_posterior.item()  # from the unshrunk k, as in the published algorithm
     # Weakly informative prior: k ~ 0.5 with the weight of 10 observations.
     prior_observations, prior_shape = 10, 0.5
-    return (count * k + prior_observations * prior_shape) / (count + prior_observations)
+    return (count * k + prior_observations * prior_shape) / (count + prior_observations), scale
