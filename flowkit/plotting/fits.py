@@ -102,7 +102,8 @@ def plot_layers(flow: Flow, path: str | Path, standardizer: Standardizer | None 
         if standardizer is not None and index == len(stages) - 1:  # the last stage is in data units
             values = standardizer.inverse(values)
         axis.scatter(values[:, 0], values[:, 1], c=colour, s=1.5, cmap="hsv", linewidths=0)
-        axis.set_title(name, fontsize=8)
+        last = index == len(stages) - 1
+        axis.set_title(f"{name}{' (data units)' if last and standardizer is not None else ''}", fontsize=8)
         axis.set_xticks([])
         axis.set_yticks([])
     for axis in axes[len(stages):]:
