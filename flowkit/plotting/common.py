@@ -31,9 +31,12 @@ def picture_format(path: str | Path) -> str:
     return suffix or "png"
 
 
-def save(figure: Figure, path: str | Path, dpi: int = 110) -> None:
+def save(figure: Figure, path: str | Path, dpi: int = 110, tight: bool = True) -> None:
+    """Write ``figure`` atomically; ``tight=False`` keeps its exact size (``figsize * dpi`` pixels),
+    which figures laid out by matplotlib's constrained layout need no trimming for."""
     image_format = picture_format(path)
-    atomic_write(path, lambda handle: figure.savefig(handle, format=image_format, dpi=dpi, bbox_inches="tight"))
+    atomic_write(path, lambda handle: figure.savefig(handle, format=image_format, dpi=dpi,
+                                                     bbox_inches="tight" if tight else None))
 
 
 def density_norm(peak: float, scale: str = "log") -> Normalize:

@@ -91,7 +91,7 @@ def plot_toy_fit(fit: ToyFit, path: str | Path, scale: str = "log", resolution: 
     m = fit.metrics
     figure.suptitle(f"{fit.name}: {m['flow']}, {m['transforms']} transforms, {m['steps']} steps "
                     f"({'maximum likelihood' if fit.kind == 'toy' else 'reverse KL'})\n{summary(fit)}", fontsize=10)
-    save(figure, path)
+    save(figure, path, tight=False)
 
 
 def plot_toy_history(fit: ToyFit, path: str | Path) -> None:
@@ -124,7 +124,7 @@ def plot_toy_history(fit: ToyFit, path: str | Path) -> None:
     axis.set_ylabel("nats per point")
     axis.set_title(f"{fit.name}: training curve", fontsize=10)
     axis.legend(fontsize=8)
-    save(figure, path)
+    save(figure, path, tight=False)
 
 
 def animate_toy_fit(fit: ToyFit, path: str | Path, scale: str = "log", fps: int = 8) -> None:
