@@ -98,7 +98,10 @@ def main() -> None:
               "Toys: 10000 rows (9000 train, 1000 validation), scored on 10000 fresh rows; the gap is the "
               "estimate of KL(truth || fit) on them, with its standard error. Targets: reverse KL with 256 "
               "samples a step; diagnostics on 20000 fresh samples; log Z exact or by the midpoint rule on a "
-              "1000 x 1000 grid. Regenerate with `make gallery`.\n\n")
+              "1000 x 1000 grid. A fit that reached its time limit ran fewer steps (the steps column). "
+              "PSIS k-hat above 0.7 says the importance weights have heavy tails: q misses mass of the "
+              "target (reverse KL is mode-seeking), and the ESS and log Z estimate cannot be trusted. "
+              "Regenerate with `make gallery`.\n\n")
     atomic_write(args.output_dir / "gallery.md", lambda handle: handle.write(header + gallery_table(items)), mode="w")
     figures = {f"{item.kind}:{item.name}": item.metrics for item in items}
     atomic_write(args.output_dir / "gallery.json", lambda handle: handle.write(json.dumps(figures, indent=1)), mode="w")
