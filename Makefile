@@ -31,7 +31,7 @@ bench: install
 	$(BIN)/python benchmarks/sampling.py
 
 # Every 2-D toy (maximum likelihood) and target (reverse KL) fitted by flowkit itself, drawn in one
-# figure with a table of figures: benchmarks/results/gallery.{png,md,json} (~15-20 min on one core).
+# figure with a table of figures: benchmarks/results/gallery.{png,md,json} (15-35 min on one core).
 gallery: install
 	$(BIN)/python benchmarks/gallery.py
 

@@ -2,7 +2,7 @@
 flowkit's own ``fit_toy`` / ``fit_target`` (what ``flowkit toy`` runs), drawn in one figure with a
 Markdown table of their figures.
 
-    python benchmarks/gallery.py                 # all fits (~15 min on one core), then the figure
+    python benchmarks/gallery.py                 # all fits (15-35 min on one core), then the figure
     python benchmarks/gallery.py --replot        # redraw from the cached fits in out/gallery/
     python benchmarks/gallery.py --only banana two_moons
 
@@ -72,8 +72,8 @@ def fit_item(kind: str, name: str, steps: int, time_limit: float, seed: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--time-limit", type=float, default=50.0, help="seconds of training per fit at most")
+    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--time-limit", type=float, default=100.0, help="seconds of training per fit at most")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", nargs="*", default=None, help="refit only these (the rest from the cache)")
