@@ -160,7 +160,7 @@ def grid_log_z(target: Target, box: Box, resolution: int = 1000) -> float:
 
     Example:
         >>> target, box = planar_target("mixture")
-        >>> abs(grid_log_z(target, box) - target.log_z) < 1e-6
+        >>> abs(grid_log_z(target, box, resolution=400) - target.log_z) < 1e-4  # the box holds all but 2e-5
         True
     """
     return evaluate_grid(target_log_density(target), box, resolution).log_integral
