@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench gallery clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/sampling.py
+
+# Every 2-D toy (maximum likelihood) and target (reverse KL) fitted by flowkit itself, drawn in one
+# figure with a table of figures: benchmarks/results/gallery.{png,md,json} (15-35 min on one core).
+gallery: install
+	$(BIN)/python benchmarks/gallery.py
 
 clean:
 	rm -rf $(VENV) out

@@ -18,6 +18,7 @@ from flowkit_cli.info import info
 from flowkit_cli.plot import plot
 from flowkit_cli.sample import sample
 from flowkit_cli.score import score
+from flowkit_cli.toy import toy
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,7 +42,7 @@ def exit_on_signal(number: int, frame) -> None:
     raise SystemExit(128 + number)  # the shell's convention for a run ended by a signal
 
 
-for command in (fit, sample, score, plot, info):
+for command in (fit, sample, score, plot, info, toy):
     main.add_command(command)
 
 

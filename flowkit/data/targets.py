@@ -17,64 +17,15 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
+from flowkit.data.energies import RezendeEnergy, TwoMoonsEnergy
+from flowkit.data.target_base import HALF_LOG_TWO_PI, Target, _normal_log_prob
 
-
-def _normal_log_prob(x: Tensor, scale: Tensor | float) -> Tensor:
-    """Elementwise log N(x; 0, scale^2)."""
-    scale = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
-    return -0.5 * (x / scale).square() - torch.log(scale) - HALF_LOG_TWO_PI
-
-
-class Target(nn.Module):
-    """Base class: a log-density over ``R^features``; ``None`` where a quantity is unknown.
-
-    Attributes:
-        features: dimension of the support.
-        log_z: log normalising constant of ``exp(log_prob)``, or None when unknown.
-    """
-
-    features: int
-    log_z: float | None = None
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Log-density of each point of ``x``: shape ``(..., features)`` to ``(...)``.
-
-        Any batch shape works (a single ``(features,)`` point gives a scalar). The result has the
-        input's dtype and device; half precision is computed in float32, integers are read in the
-        default float dtype.
-        """
-        x = torch.as_tensor(x)
-        if x.dim() == 0 or x.shape[-1] != self.features:
-            raise ValueError(f"expected x of shape (..., {self.features}), got {tuple(x.shape)}")
-        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
-        work = x.to(torch.promote_types(dtype, torch.float32))
-        return self._log_prob(work.reshape(-1, self.features)).reshape(x.shape[:-1]).to(dtype)
-
-    def _log_prob(self, x: Tensor) -> Tensor:
-        """The log-density of the rows of a ``(n, features)`` tensor, shape ``(n,)``."""
-        raise NotImplementedError
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.log_prob(x)
-
-    # Moments and samples are float64 CPU tensors wherever the target's constants live.
-    @property
-    def mean(self) -> Tensor | None:
-        return None
-
-    @property
-    def covariance(self) -> Tensor | None:
-        return None
-
-    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        """Exact samples, float64 ``(num_samples, features)`` on the CPU, where there is a sampler."""
-        raise NotImplementedError(f"{type(self).__name__} has no exact sampler")
-
-    def _randn(self, num_samples: int, generator: torch.Generator | None) -> Tensor:
-        return torch.randn(num_samples, self.features, generator=generator, dtype=torch.float64)
+__all__ = [
+    "HALF_LOG_TWO_PI", "TARGETS", "Banana", "BayesianLogisticRegression", "CorrelatedGaussian", "GaussianMixture",
+    "NealsFunnel", "RezendeEnergy", "Target", "TwoMoonsEnergy", "logistic_regression_data", "make_target",
+]
 
 
 class CorrelatedGaussian(Target):
@@ -306,51 +257,6 @@ class GaussianMixture(Target):
         return tuple(tensor.cpu().double() for tensor in (self.weights, self.means, self.scales))
 
 
-class RezendeEnergy(Target):
-    """The 2-D energies U1-U4 of Rezende and Mohamed (2015, Table 1); ``log_prob = -U``.
-
-    U2-U4 do not confine ``z_1`` (they are periodic in it, so improper), so by default a steep
-    quadratic wall outside ``[-wall, wall]^2`` is added; it is zero inside the square the paper
-    plots. ``wall=None`` gives the energies exactly as published. Unnormalised: ``log_z`` is None.
-
-    Example:
-        >>> import torch
-        >>> RezendeEnergy(2)(torch.zeros(1, 2)).item()  # U2(0) = (0 - sin 0)^2 / (2 0.4^2)
-        -0.0
-    """
-
-    def __init__(self, index: int, wall: float | None = 4.0) -> None:
-        super().__init__()
-        if index not in (1, 2, 3, 4):
-            raise ValueError(f"Rezende-Mohamed energies are U1-U4, got index {index}")
-        self.features, self.index, self.wall = 2, index, wall
-
-    def energy(self, z: Tensor) -> Tensor:
-        """``U(z)`` exactly as in the paper, shape ``(n,)``."""
-        z1, z2 = z[:, 0], z[:, 1]
-        w1 = torch.sin(2 * math.pi * z1 / 4)
-        if self.index == 1:
-            ring = 0.5 * ((z.norm(dim=1) - 2) / 0.4).square()
-            modes = torch.stack([-0.5 * ((z1 - 2) / 0.6).square(), -0.5 * ((z1 + 2) / 0.6).square()])
-            return ring - torch.logsumexp(modes, dim=0)
-        if self.index == 2:
-            return 0.5 * ((z2 - w1) / 0.4).square()
-        if self.index == 3:
-            w2 = 3 * torch.exp(-0.5 * ((z1 - 1) / 0.6).square())
-            branches = torch.stack([(z2 - w1) / 0.35, (z2 - w1 + w2) / 0.35])
-            return -torch.logsumexp(-0.5 * branches.square(), dim=0)
-        w3 = 3 * torch.sigmoid((z1 - 1) / 0.3)
-        branches = torch.stack([(z2 - w1) / 0.4, (z2 - w1 + w3) / 0.35])
-        return -torch.logsumexp(-0.5 * branches.square(), dim=0)
-
-    def _log_prob(self, x: Tensor) -> Tensor:
-        log_density = -self.energy(x)
-        if self.wall is not None:
-            outside = F.relu(x.abs() - self.wall)
-            log_density = log_density - 0.5 * (outside / 0.1).square().sum(-1)
-        return log_density
-
-
 def logistic_regression_data(num_observations: int = 100, num_covariates: int = 5, seed: int = 0,
                              intercept: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """A reproducible synthetic data set: ``(covariates, labels, true_weights)``, all float64.
@@ -417,6 +323,7 @@ TARGETS: dict[str, Callable[..., Target]] = {
     "u2": functools.partial(RezendeEnergy, 2),
     "u3": functools.partial(RezendeEnergy, 3),
     "u4": functools.partial(RezendeEnergy, 4),
+    "two_moons": TwoMoonsEnergy,
     "logistic": BayesianLogisticRegression,
 }
 

@@ -1,5 +1,13 @@
 """2-D toy data sets for looking at what a flow learns. Each generator takes ``(num_samples, seed)``
-and returns a float64 numpy array of shape ``(num_samples, 2)``, reproducible from the seed."""
+and returns a float64 numpy array of shape ``(num_samples, 2)``, reproducible from the seed.
+
+Where the true density is known, ``toy_log_density(name, points)`` gives it (``TOY_DENSITIES`` in
+``flowkit.data.toy_densities`` says which), so a fit can be scored against the truth.
+
+The six original generators are unchanged (``datasets/make_toys.py`` regenerates the bundled CSV
+files from them); the newer ones follow the shapes of FFJORD's and scikit-learn's toys, with
+Gaussian noise added to the curves so that each has a density.
+"""
 
 from __future__ import annotations
 
@@ -65,6 +73,62 @@ def two_spirals(num_samples: int, seed: int = 0) -> np.ndarray:
     return points + 0.1 * rng.standard_normal((num_samples, 2))
 
 
+def circles(num_samples: int, seed: int = 0) -> np.ndarray:
+    """Two concentric noisy circles of radius 1 and 2 (scikit-learn's ``make_circles``, scaled)."""
+    rng = np.random.default_rng(seed)
+    radius = np.where(rng.random(num_samples) < 0.5, 1.0, 2.0)
+    angle = rng.uniform(0, 2 * np.pi, num_samples)
+    points = radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    return points + 0.1 * rng.standard_normal((num_samples, 2))
+
+
+def swiss_roll(num_samples: int, seed: int = 0) -> np.ndarray:
+    """A 2-D swiss roll: ``t (cos t, sin t) / 5`` for ``t`` uniform on ``[1.5 pi, 4.5 pi]``, plus noise."""
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(1.5 * np.pi, 4.5 * np.pi, num_samples)
+    points = np.stack([t * np.cos(t), t * np.sin(t)], axis=1) / 5
+    return points + 0.1 * rng.standard_normal((num_samples, 2))
+
+
+def line(num_samples: int, seed: int = 0) -> np.ndarray:
+    """A thin diagonal segment from ``(-2, -2)`` to ``(2, 2)`` with Gaussian noise of scale 0.1."""
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(-2, 2, num_samples)
+    return np.stack([t, t], axis=1) + 0.1 * rng.standard_normal((num_samples, 2))
+
+
+def cos(num_samples: int, seed: int = 0) -> np.ndarray:
+    """A noisy cosine wave: ``(t, 1.5 cos 2t)`` for ``t`` uniform on ``[-3, 3]``."""
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(-3, 3, num_samples)
+    return np.stack([t, 1.5 * np.cos(2 * t)], axis=1) + 0.1 * rng.standard_normal((num_samples, 2))
+
+
+def gaussian_grid(num_samples: int, seed: int = 0) -> np.ndarray:
+    """A 5 x 5 grid of equal Gaussians (scale 0.1) at unit spacing, centred on the origin."""
+    rng = np.random.default_rng(seed)
+    centres = GRID_CENTRES[rng.integers(0, len(GRID_CENTRES), num_samples)]
+    return centres + GRID_SCALE * rng.standard_normal((num_samples, 2))
+
+
+def diamond(num_samples: int, seed: int = 0) -> np.ndarray:
+    """A 4 x 4 grid of wider Gaussians (scale 0.2) turned 45 degrees into a diamond."""
+    rng = np.random.default_rng(seed)
+    centres = DIAMOND_CENTRES[rng.integers(0, len(DIAMOND_CENTRES), num_samples)]
+    return centres + DIAMOND_SCALE * rng.standard_normal((num_samples, 2))
+
+
+def _grid(side: int, spacing: float, angle: float = 0.0) -> np.ndarray:
+    offsets = (np.arange(side) - (side - 1) / 2) * spacing
+    centres = np.stack(np.meshgrid(offsets, offsets), axis=-1).reshape(-1, 2)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    return centres @ rotation.T
+
+
+GRID_CENTRES, GRID_SCALE = _grid(5, 1.0), 0.1
+DIAMOND_CENTRES, DIAMOND_SCALE = _grid(4, 1.2, np.pi / 4), 0.2
+
+
 TOYS: dict[str, Callable[..., np.ndarray]] = {
     "two_moons": two_moons,
     "eight_gaussians": eight_gaussians,
@@ -72,6 +136,12 @@ TOYS: dict[str, Callable[..., np.ndarray]] = {
     "pinwheel": pinwheel,
     "rings": rings,
     "two_spirals": two_spirals,
+    "circles": circles,
+    "swiss_roll": swiss_roll,
+    "line": line,
+    "cos": cos,
+    "gaussian_grid": gaussian_grid,
+    "diamond": diamond,
 }
 
 

@@ -1,10 +1,6 @@
-"""Pictures: the data next to the learned density and samples (2-D), the layers bending space,
-marginals of data against samples (any dimension), and the training curve.
-
-This is the only module that imports matplotlib. It draws on ``Figure`` objects directly (no
-pyplot), so it never touches a global backend or leaks figures, and writes pictures atomically in
-the format their name asks for (PNG by default).
-"""
+"""Pictures of a fitted model (``flowkit fit`` and ``flowkit plot``): the data next to the learned
+density and samples (2-D), the layers bending space, marginals of data against samples (any
+dimension), and the training curve."""
 
 from __future__ import annotations
 
@@ -18,22 +14,7 @@ from matplotlib.figure import Figure
 from flowkit.bijectors.base import Chain
 from flowkit.data.tabular import Standardizer
 from flowkit.flow import Flow
-from flowkit.io import atomic_write
-
-
-def picture_format(path: str | Path) -> str:
-    """The image format a picture's name asks for (``.png``, ``.pdf``, ``.svg``, ``.jpg``...);
-    PNG when the name has no suffix. Raises ValueError for a suffix matplotlib cannot write."""
-    suffix = Path(path).suffix.lower().lstrip(".")
-    supported = Figure().canvas.get_supported_filetypes()
-    if suffix and suffix not in supported:
-        raise ValueError(f"{path}: cannot write a .{suffix} picture; use one of .{', .'.join(sorted(supported))}")
-    return suffix or "png"
-
-
-def _save(figure: Figure, path: str | Path) -> None:
-    image_format = picture_format(path)
-    atomic_write(path, lambda handle: figure.savefig(handle, format=image_format, dpi=110, bbox_inches="tight"))
+from flowkit.plotting.common import save as _save
 
 
 def _bounds(data: np.ndarray, margin: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
@@ -103,8 +84,10 @@ def plot_layers(flow: Flow, path: str | Path, standardizer: Standardizer | None 
         raise ValueError("plot_layers needs a 2-D flow whose bijector is a Chain")
     generator = torch.Generator().manual_seed(seed)
     dtype = next(flow.parameters()).dtype
-    points = torch.randn(num_points, 2, generator=generator, dtype=dtype)
-    colour = torch.atan2(points[:, 1], points[:, 0]).numpy()
+    eps = torch.randn(num_points, 2, generator=generator, dtype=dtype)
+    colour = torch.atan2(eps[:, 1], eps[:, 0]).numpy()
+    with torch.no_grad():  # the base's own loc and scale (trained by reverse-KL fits), as sampling does
+        points = flow.base.loc.to(dtype) + flow.base.scale.to(dtype) * eps if hasattr(flow.base, "loc") else eps
     stages = [("base", points)]
     with torch.no_grad():
         for index, layer in reversed(list(enumerate(flow.bijector))):
@@ -119,7 +102,8 @@ def plot_layers(flow: Flow, path: str | Path, standardizer: Standardizer | None 
         if standardizer is not None and index == len(stages) - 1:  # the last stage is in data units
             values = standardizer.inverse(values)
         axis.scatter(values[:, 0], values[:, 1], c=colour, s=1.5, cmap="hsv", linewidths=0)
-        axis.set_title(name, fontsize=8)
+        last = index == len(stages) - 1
+        axis.set_title(f"{name}{' (data units)' if last and standardizer is not None else ''}", fontsize=8)
         axis.set_xticks([])
         axis.set_yticks([])
     for axis in axes[len(stages):]:
