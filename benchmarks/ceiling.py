@@ -15,9 +15,9 @@ elsewhere oneDNN emulates it and the figure would be no ceiling at all.
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
+from common import timed
 
 
 def bf16_support(device: str) -> tuple[bool, str]:
@@ -34,16 +34,7 @@ def _time(function, device: str, repeats: int) -> float:
     """Median seconds of ``function`` over ``repeats`` calls after two warm-ups."""
     for _ in range(2):
         function()
-    samples = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        function()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    return statistics.median(timed(function, device) for _ in range(repeats))
 
 
 def shape_rates(batch: int, shapes: set[tuple[int, int]], device: str, dtype: torch.dtype,
