@@ -128,6 +128,21 @@ class Flow(nn.Module):
                 module.compile_inverse(backend)
         return self
 
+    def as_distribution(self, context: Tensor | None = None):
+        """This flow (at ``context``) as a ``torch.distributions.Distribution``: a
+        ``FlowDistribution`` sharing this flow's parameters, for code written against torch's
+        distribution interface (Pyro, ``Independent``, ``TransformedDistribution``, Monte Carlo KL).
+
+        Example:
+            >>> import flowkit
+            >>> q = flowkit.maf(features=2, transforms=1, hidden_features=8).as_distribution()
+            >>> q.rsample((3,)).shape, q.event_shape, q.has_rsample
+            (torch.Size([3, 2]), torch.Size([2]), True)
+        """
+        from flowkit.torch_distribution import FlowDistribution  # that module imports this one
+
+        return FlowDistribution(self, context)
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Same as ``log_prob`` so a ``Flow`` can be wrapped (DDP, torch.compile) like any module."""
         return self.log_prob(x, context)

@@ -130,3 +130,14 @@ def test_normal_reference_in_one_dimension() -> None:
     expected = Normal(1.0, 2.0).log_prob(points[:, 0])
     torch.testing.assert_close(q.log_prob(points), expected)
     assert math.isfinite(q.entropy_estimate(256).item())
+
+
+def test_as_distribution_shares_the_flows_parameters() -> None:
+    flow, reference = gaussian_flow()
+    q = flow.as_distribution()
+    assert isinstance(q, FlowDistribution) and q.flow is flow
+    points = reference.sample((4, 3))
+    torch.testing.assert_close(q.log_prob(points), reference.log_prob(points))
+    # a step on the flow's own parameters moves the distribution: nothing was copied
+    q.rsample((64,)).square().sum().backward()
+    assert all(p.grad is not None for p in flow.parameters() if p.requires_grad)
