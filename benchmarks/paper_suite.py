@@ -49,6 +49,7 @@ from common import write_report  # noqa: E402
 from tabular import MINIBOONE, gaussian, mean_and_two_se  # noqa: E402
 
 import flowkit  # noqa: E402
+from flowkit.data.tabular import DataError  # noqa: E402
 from flowkit.data.uci_suite import SUITE, SuiteSplits, load_suite, tail_split  # noqa: E402
 from flowkit.train import fit_density  # noqa: E402
 
@@ -110,7 +111,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    splits, protocol = load(args.dataset, args.data_dir)
+    try:
+        splits, protocol = load(args.dataset, args.data_dir)
+    except DataError as error:  # a missing or malformed file: its one line, no traceback
+        sys.exit(f"paper_suite.py: {error}")
     reference = args.dataset.removesuffix("-shared")
     build_kwargs, fit_kwargs = configuration(args.flow, reference, splits.features)
     if args.steps is not None:
