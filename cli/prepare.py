@@ -44,11 +44,12 @@ class PreparedTable:
 
     @property
     def x(self) -> np.ndarray:
-        return self.standardizer.transform(self.values)
+        """The modelled columns standardised, in the float32 the model trains in."""
+        return self.standardizer.transform(self.values, np.float32)
 
     @property
     def c(self) -> np.ndarray | None:
-        return None if self.context is None else self.standardizer.context.transform(self.context)
+        return None if self.context is None else self.standardizer.context.transform(self.context, np.float32)
 
     def model_columns(self) -> ModelColumns:
         metadata = self.roles.metadata()
@@ -78,7 +79,9 @@ def prepare(table: Table, columns=None, exclude=None, context=None, discrete=Non
     the whitening layer behind them scales them); the others are standardised in float64."""
     roles = column_roles(table.columns, table.values, columns=columns, exclude=exclude, context=context,
                          discrete=discrete, continuous=continuous, bounds=bounds)
-    values = table.values[:, roles.modelled]
+    # Every column modelled, in order: a view, not a second copy of a large table.
+    every = list(roles.modelled) == list(range(table.values.shape[1]))
+    values = table.values if every else table.values[:, roles.modelled]
     names = [table.columns[index] for index in roles.modelled]
     unscaled = roles.positions(sorted(set(roles.discrete) | set(roles.bounds)))
     standardizer = Standardizer.fit(Table(values, names), unscaled=unscaled)

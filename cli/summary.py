@@ -32,6 +32,8 @@ def nll_summary(fitted, prepared, test: tuple | None = None) -> dict:
         else:
             flow_nll, gaussian_nll = fitted.validation_nll, fitted.gaussian_validation_nll
         summary[split] = _entry(len(rows), flow_nll - shift, gaussian_nll - shift, features)
+        if split == "train" and fitted.extra.get("train_rows_scored", len(rows)) < len(rows):
+            summary[split]["scored_rows"] = fitted.extra["train_rows_scored"]  # a random subset, on large tables
     if test is not None:
         x_test, c_test = (None if array is None else torch.as_tensor(array, dtype=dtype) for array in test)
         summary["test"] = _entry(len(x_test), mean_nll(fitted.flow, x_test, c_test) - shift,
@@ -50,6 +52,8 @@ def print_summary(summary: dict, notes: list[str]) -> None:
     click.echo(f"{'negative log-likelihood':<24}{'rows':>8}{'flow nats/row':>15}{'bits/feature':>14}"
                f"{'Gaussian nats/row':>19}{'bits/feature':>14}")
     for split, entry in summary.items():
+        if "scored_rows" in entry:
+            split = f"{split} ({entry['scored_rows']} scored)"
         click.echo(f"{split:<24}{entry['rows']:>8}{entry['flow_nll']:>15.4f}{entry['flow_bits_per_feature']:>14.4f}"
                    f"{entry['gaussian_nll']:>19.4f}{entry['gaussian_bits_per_feature']:>14.4f}")
     for note in notes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -134,6 +134,33 @@ class LULinear(Bijector):
         return x, -torch.log(diagonal).sum().expand(z.shape[0])
 
 
+def block_moments(blocks: Iterable[Tensor]) -> tuple[Tensor, Tensor]:
+    """Mean and maximum-likelihood covariance, in float64, of rows given a block at a time: one
+    pass, no copy of them all. Sums are taken about the first block's mean, which keeps them as
+    accurate as the two-pass formula.
+
+    Example:
+        >>> x = torch.randn(1000, 3, dtype=torch.float64) + 1e4
+        >>> mean, covariance = block_moments(x.split(64))
+        >>> torch.allclose(covariance, torch.cov(x.T, correction=0)) and torch.allclose(mean, x.mean(0))
+        True
+    """
+    count, shift, total, products = 0, None, None, None
+    for block in blocks:
+        block = block.detach().to(torch.float64)
+        if shift is None:
+            shift = block.mean(0)
+            total, products = torch.zeros_like(shift), torch.zeros(len(shift), len(shift), dtype=torch.float64)
+        centred = block - shift
+        total += centred.sum(0)
+        products += centred.T @ centred
+        count += block.shape[0]
+    if not count:
+        raise ValueError("no rows to take moments of")
+    offset = total / count
+    return shift + offset, products / count - torch.outer(offset, offset)
+
+
 class Whitening(Bijector):
     """Learned affine map ``z = W (x - loc)``, ``W`` lower triangular with a positive diagonal,
     initialised from data to whiten it.
@@ -174,12 +201,13 @@ class Whitening(Bijector):
         Raises:
             ValueError: the (shrunk) covariance is not positive definite.
         """
+        return self.fit_moments(*block_moments(x.split(65_536)), shrinkage)
+
+    @torch.no_grad()
+    def fit_moments(self, loc: Tensor, covariance: Tensor, shrinkage: float = 0.0) -> Whitening:
+        """``fit`` from the rows' mean and covariance (``block_moments``)."""
         if not 0.0 <= shrinkage <= 1.0:
             raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage}")
-        x = x.detach().to(torch.float64)
-        loc = x.mean(0)
-        centred = x - loc
-        covariance = centred.T @ centred / x.shape[0]
         covariance = (1 - shrinkage) * covariance + shrinkage * torch.diag(torch.diagonal(covariance))
         factor, info = torch.linalg.cholesky_ex(covariance)
         if int(info) != 0 or not bool(torch.isfinite(factor).all()):

@@ -203,13 +203,31 @@ def _read_npy(path: Path) -> Table:
     if mapped.ndim != 2 or 0 in mapped.shape or mapped.dtype.kind not in "biuf":
         raise DataError(f"{path}: expected a non-empty 2-D numeric array, got shape {mapped.shape} "
                         f"of {mapped.dtype}")
-    array = np.array(mapped, dtype=np.float64)
     del mapped
-    bad = np.argwhere(~np.isfinite(array))
-    if len(bad):
-        row, column = bad[0]
-        raise DataError(f"{path}: row {row}, column {column}: non-finite value {array[row, column]}")
+    array = np.load(path, allow_pickle=False)  # one read into memory (copying the map would hold two)
+    if array.dtype != np.float64:
+        array = array.astype(np.float64)
+    for start in range(0, len(array), CHUNK_ROWS):
+        bad = np.argwhere(~np.isfinite(array[start:start + CHUNK_ROWS]))
+        if len(bad):
+            row, column = bad[0]
+            raise DataError(f"{path}: row {start + row}, column {column}: non-finite value "
+                            f"{array[start + row, column]}")
     return Table(array, [f"x{i}" for i in range(array.shape[1])])
+
+
+CHUNK_ROWS = 65_536  # rows per block where a whole-table temporary would double the memory
+
+
+def column_moments(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and (maximum-likelihood) standard deviation in float64, two passes over
+    blocks of rows: the same figures as ``values.mean(0), values.std(0)`` without their
+    table-sized temporaries."""
+    rows = values.shape[0]
+    blocks = range(0, rows, CHUNK_ROWS)
+    mean = sum(values[i:i + CHUNK_ROWS].sum(0, dtype=np.float64) for i in blocks) / rows
+    squares = sum(np.square(values[i:i + CHUNK_ROWS] - mean).sum(0) for i in blocks)
+    return mean, np.sqrt(squares / rows)
 
 
 @dataclass
@@ -234,7 +252,7 @@ class Standardizer:
         if table.values.shape[0] < 2:
             raise DataError(f"need at least 2 rows to fit, got {table.values.shape[0]}")
         with np.errstate(over="ignore", invalid="ignore"):
-            mean, std = table.values.mean(axis=0), table.values.std(axis=0)
+            mean, std = column_moments(table.values)
         overflowing = [name for name, m, s in zip(table.columns, mean, std) if not (np.isfinite(m) and np.isfinite(s))]
         if overflowing:
             raise DataError(f"column(s) {', '.join(map(repr, overflowing))}: values too large to standardise "
@@ -251,8 +269,13 @@ class Standardizer:
     def log_det(self) -> float:
         return float(-np.log(self.std).sum())
 
-    def transform(self, values: np.ndarray) -> np.ndarray:
-        return (values - self.mean) / self.std
+    def transform(self, values: np.ndarray, dtype: np.dtype | type = np.float64) -> np.ndarray:
+        """The standardised values, as ``dtype``; computed in float64 a block of rows at a time,
+        so a float32 result of a large table never needs a float64 copy of it."""
+        out = np.empty(values.shape, dtype=dtype)
+        for start in range(0, max(len(values), 1), CHUNK_ROWS):
+            out[start:start + CHUNK_ROWS] = (values[start:start + CHUNK_ROWS] - self.mean) / self.std
+        return out
 
     def inverse(self, values: np.ndarray) -> np.ndarray:
         return values * self.std + self.mean

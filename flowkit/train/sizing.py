@@ -60,10 +60,12 @@ OVERRIDABLE = ("preset", "transforms", "hidden_features", "num_bins", "tail_boun
 LADDER = ((2, 32), (2, 64), (3, 128), (5, 256), (5, 512))
 STRUCTURE = ("preset", "transforms", "hidden_features")  # given any of these, no race
 RACE_MAX_ROWS = 200_000  # above this a race costs more than the budget it informs
+MAX_VALIDATION_ROWS = 20_000  # more only slows every validation, and leaves fewer rows to train on
+MIN_FINAL_STEPS = 2000  # under a time limit, a body too slow for this many steps gives way to a smaller one
 MIN_PATIENCE_STEPS = 400  # tiny tables have one step an epoch: patience counts at least these steps
 
 
-def _rung(rows: int) -> int:
+def rung_for(rows: int) -> int:
     """The body for a table of ``rows``: the ladder rung it starts the race from."""
     return 1 if rows < 1000 else 2 if rows < 20_000 else 3 if rows < 200_000 else 4
 
@@ -79,7 +81,7 @@ def choose(rows: int, features: int, time_limit: float | None = None, context_fe
         True
     """
     reasons: dict[str, str] = {}
-    rung = _rung(rows) if rung is None else rung
+    rung = rung_for(rows) if rung is None else rung
     transforms, width = LADDER[rung]
     width = max(width, 2 * (features + context_features))  # MADE wants units for every degree
     reasons["size"] = f"{transforms} transforms of width {width}: ladder rung {rung} of {len(LADDER) - 1}"
@@ -87,8 +89,9 @@ def choose(rows: int, features: int, time_limit: float | None = None, context_fe
     reasons["weight_decay"] = f"{decay:g} for {rows} rows: fewer rows, more decay"
     batch_size = int(min(512, max(32, 2 ** round(_log2(rows / 20)))))
     reasons["batch_size"] = "about 20 steps an epoch, between 32 and 512 rows"
-    validation_fraction = 0.2 if rows < 5000 else 0.1
-    reasons["validation_fraction"] = "a larger share on small tables, so early stopping has a steadier signal"
+    validation_fraction = 0.2 if rows < 5000 else min(0.1, MAX_VALIDATION_ROWS / rows)
+    reasons["validation_fraction"] = ("a larger share on small tables, so early stopping has a steadier signal; "
+                                      f"at most {MAX_VALIDATION_ROWS} rows, which score to a few hundredths of a nat")
     choice = Choice(
         preset="nsf", transforms=transforms, hidden_features=width, num_bins=8, tail_bound=5.0, batch_size=batch_size,
         learning_rate=1e-3, weight_decay=decay, epochs=0, patience=0,
@@ -123,7 +126,7 @@ def candidates(rows: int, features: int, time_limit: float | None = None, contex
     overrides = overrides or {}
     if any(overrides.get(key) is not None for key in STRUCTURE) or rows >= RACE_MAX_ROWS:
         return [choose(rows, features, time_limit, context_features, overrides)]
-    middle = _rung(rows)
+    middle = rung_for(rows)
     rungs = range(max(0, middle - 1), min(len(LADDER), middle + 2))
     return [choose(rows, features, time_limit, context_features, overrides, rung) for rung in rungs]
 

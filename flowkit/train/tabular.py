@@ -24,16 +24,27 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flowkit.bijectors.linear import block_moments
 from flowkit.flow import Flow
 from flowkit.io import atomic_write
 from flowkit.presets import build
 from flowkit.train.density import as_rows, fit_density
 from flowkit.train.result import FitResult
-from flowkit.train.sizing import SHRINKAGE_GRID, Choice, candidates
+from flowkit.train.sizing import (
+    MIN_FINAL_STEPS,
+    RACE_MAX_ROWS,
+    SHRINKAGE_GRID,
+    STRUCTURE,
+    Choice,
+    candidates,
+    choose,
+    rung_for,
+)
 
 RACE_SHARE = 0.5  # of a time limit, spent racing the candidates
 WRAP_UP = 0.05  # of a time limit, kept for what follows training
 MIN_RACE_STEPS = 150  # steps each candidate needs in a time-limited race for it to be worth running
+SCORED_TRAIN_ROWS = 20_000  # training rows the final report scores (all of them, below this)
 
 __all__ = ["TabularFit", "fit_tabular", "gaussian_flow", "mean_nll"]
 
@@ -48,7 +59,8 @@ class TabularFit:
         choice: the configuration used, with the reason for each choice.
         gaussian: the full-covariance Gaussian of the training rows as a ``Flow`` (for baselines).
         train_nll, validation_nll: mean negative log-likelihood (nats per row) of the flow on
-            the training and validation rows (``validation_nll`` None without validation rows).
+            the training rows (a random ``SCORED_TRAIN_ROWS`` of them on larger tables; how many
+            is ``extra["train_rows_scored"]``) and on the validation rows (None without any).
         gaussian_train_nll, gaussian_validation_nll: the same for ``gaussian``.
         train_rows, validation_rows: indices of the rows of ``data`` in each split.
         kept: ``"flow"``, or ``"gaussian"`` when the flow did not beat the Gaussian on validation.
@@ -109,21 +121,42 @@ def preprocessed(x: Tensor, preprocessing: list[dict[str, Any]] | None) -> Tenso
     from flowkit.bijectors.preprocessing import make_preprocessing
 
     chain = Chain(make_preprocessing(preprocessing, x.shape[1])).eval()
-    with torch.no_grad():
-        return chain(x.to(torch.float64))[0].to(x.dtype)
+    with torch.no_grad():  # by blocks: a float64 copy of a large table would double its memory
+        return torch.cat([chain(block.to(torch.float64))[0].to(x.dtype) for block in x.split(65_536)])
 
 
 @torch.no_grad()
-def fit_whitening(flow: Flow, x: Tensor, context: Tensor | None = None, shrinkage: float = 0.0) -> None:
+def fit_whitening(flow: Flow, x: Tensor, context: Tensor | None = None, shrinkage: float = 0.0,
+                  chunk: int = 16_384) -> None:
     """Initialise the latent-end ``Whitening`` layer of ``flow`` on the rows as the layers before it
     map them (at initialisation those are the identity up to permutations), so the flow starts
-    as exactly the full-covariance Gaussian of ``x``."""
+    as exactly the full-covariance Gaussian of ``x``.
+
+    A layer that leaves a probe of the rows unchanged (to rounding) is the identity and is skipped;
+    the others map the rows in chunks. On a million rows a spline body's forward pass would take
+    minutes and, with autograd, many times the data's memory."""
     layers = flow.bijector.bijectors
-    y = x.to(layers[-1].loc.dtype)
-    c = None if context is None else context.to(y.dtype)
+    dtype = layers[-1].loc.dtype
+    probe = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:256]
+    before = x[probe].to(dtype)
+    c_probe = None if context is None else context[probe].to(dtype)
+    active = []
     for layer in layers[:-1]:
-        y, _ = layer(y, c)
-    layers[-1].fit(y, shrinkage)
+        after, log_det = layer(before, c_probe)
+        tolerance = 1e-5 * (1 + float(before.abs().max()))
+        if not (after.shape == before.shape and torch.allclose(after, before, rtol=0, atol=tolerance)
+                and torch.allclose(log_det, torch.zeros_like(log_det), rtol=0, atol=1e-5)):
+            active.append(layer)
+        before = after
+
+    def mapped(start: int) -> Tensor:
+        y = x[start:start + chunk].to(dtype)
+        c = None if context is None else context[start:start + chunk].to(dtype)
+        for layer in active:
+            y, _ = layer(y, c)
+        return y
+
+    layers[-1].fit_moments(*block_moments(mapped(start) for start in range(0, x.shape[0], chunk)), shrinkage)
 
 
 def best_shrinkage(train: Tensor, validation: Tensor | None,
@@ -237,8 +270,9 @@ def fit_tabular(
     """
     started = time.monotonic()
     say = announce or (lambda line: None)
-    x = as_rows(data, torch.float64, "data")
-    c = None if context is None else as_rows(context, torch.float64, "context")
+    # In the model's dtype from the start: a float64 copy of a large table would double its memory.
+    x = as_rows(data, dtype, "data")
+    c = None if context is None else as_rows(context, dtype, "context")
     if c is not None and c.shape[0] != x.shape[0]:
         raise ValueError(f"context has {c.shape[0]} rows but data has {x.shape[0]}")
     rows, features = x.shape
@@ -257,9 +291,7 @@ def fit_tabular(
 
     shrinkage, _ = best_shrinkage(x_train, x_val, preprocessing)
     gaussian = gaussian_flow(x_train, shrinkage, preprocessing=preprocessing).to(dtype)
-    as_dtype = lambda t: None if t is None else t.to(dtype)
-    data_args = {"data": as_dtype(x_train), "context": as_dtype(c_train), "validation_data": as_dtype(x_val),
-                 "validation_context": as_dtype(c_val)}
+    data_args = {"data": x_train, "context": c_train, "validation_data": x_val, "validation_context": c_val}
     target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           ("cpu" if device == "auto" else device))
 
@@ -300,7 +332,19 @@ def fit_tabular(
 
     flows = [make(choice) for choice in choices]
     # Each flow's start (the Gaussian, for whitened flows), to fall back on if it never beats it.
-    initial = {id(flow): copy.deepcopy(flow.state_dict()) if flow.config.get("whiten") else None for flow in flows}
+    start_of = lambda flow: copy.deepcopy(flow.state_dict()) if flow.config.get("whiten") else None
+    initial = {id(flow): start_of(flow) for flow in flows}
+    if time_limit is not None and rows >= RACE_MAX_ROWS and not any(
+            (overrides or {}).get(key) is not None for key in STRUCTURE):
+        # Too many rows to race: the body the row count suggests, unless it is too slow for the
+        # budget to take MIN_FINAL_STEPS steps; then the largest smaller body that can.
+        rung = rung_for(rows)
+        while rung > 0 and left() / _seconds_per_step(flows[0], choices[0], data_args, target) < MIN_FINAL_STEPS:
+            rung -= 1
+            choices = [choose(rows, features, time_limit, context_features, overrides, rung)]
+            choices[0].reasons["size"] += f", the largest that takes {MIN_FINAL_STEPS} steps in the time limit"
+            flows = [make(choices[0])]
+            initial = {id(flows[0]): start_of(flows[0])}
     winner, result = 0, None
     race_steps = None
     if len(choices) > 1 and time_limit is not None:
@@ -374,8 +418,13 @@ def _finish(flow: Flow, initial: dict[str, Tensor] | None, result: FitResult, ch
             flow = gaussian
         kept = "gaussian"
         val_nll = mean_nll(flow, x_val, c_val)
+    # The training rows' score is a report, not a decision: on large tables a random subset of
+    # them gives it to a few hundredths of a nat in seconds instead of minutes.
+    scored = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(0))[:SCORED_TRAIN_ROWS]
+    scored = scored.sort().values if len(scored) < x_train.shape[0] else slice(None)
+    x_scored, c_scored = x_train[scored], None if c_train is None else c_train[scored]
     return TabularFit(
-        flow=flow, result=result, choice=choice, gaussian=gaussian, train_nll=mean_nll(flow, x_train, c_train),
-        validation_nll=val_nll, gaussian_train_nll=mean_nll(gaussian, x_train), gaussian_validation_nll=gaussian_val,
+        flow=flow, result=result, choice=choice, gaussian=gaussian, train_nll=mean_nll(flow, x_scored, c_scored),
+        validation_nll=val_nll, gaussian_train_nll=mean_nll(gaussian, x_scored), gaussian_validation_nll=gaussian_val,
         train_rows=train_rows, validation_rows=validation_rows, kept=kept, seconds=time.monotonic() - started,
-        extra={"shrinkage": shrinkage})
+        extra={"shrinkage": shrinkage, "train_rows_scored": int(x_scored.shape[0])})
