@@ -110,6 +110,10 @@ def read_table(path: str | Path, format: str | None = None) -> Table:
             start = handle.read(len(NUMPY_MAGIC))
         if start.startswith(formats.PARQUET_MAGIC) or (format == "parquet" and start):
             return formats.read_parquet(path, str(path))
+        if path.suffix.lower() != ".npy" and format != "npy" and not start.startswith((NUMPY_MAGIC, ZIP_MAGIC)):
+            fast = _read_text_fast(path, tab=format == "tsv")
+            if fast is not None:
+                return fast
         raw = path.read_bytes()
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror or error.__class__.__name__})") from None
@@ -120,6 +124,44 @@ def read_table(path: str | Path, format: str | None = None) -> Table:
     if path.suffix.lower() == ".npy":
         raise DataError(f"{path}: not a .npy file (it does not start with NumPy's header)")
     return _parse_text(path, _decode(path, raw), tab=format == "tsv")
+
+
+def _read_text_fast(path: Path, tab: bool = False) -> Table | None:
+    """A plain numeric text table read by numpy's C parser, straight from the file: a million
+    rows in seconds and in little more than the array's memory, where the exact reader below
+    holds every field as a Python string. None when anything is unusual (quotes, comments after
+    the header, a bad or missing cell, UTF-16, a non-finite value): the exact reader then reads
+    the file and names the problem, so both accept and refuse the same files."""
+    with open(path, "rb") as handle:
+        head = handle.read(65_536)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in head or b'"' in head:
+        return None
+    lines = head.decode("utf-8-sig", errors="ignore").splitlines()
+    lines = lines[:-1] if len(head) == 65_536 else lines  # the last line read may be cut short
+    kept = [(number, line) for number, line in enumerate(lines, 1)
+            if line.strip() and not line.lstrip().startswith("#")]
+    if not kept:
+        return None
+    delimiter = _sniff_delimiter([line for _, line in kept], ".tsv" if tab else path.suffix.lower())
+    number, first = kept[0]
+    fields = [field.strip() for field in (first.split() if delimiter is None else first.split(delimiter))]
+    parsed = [_parse_float(field) for field in fields]
+    if all(value is None for value in parsed):
+        columns, skip = fields, number
+        if "" in columns or len(set(columns)) != len(columns):
+            return None
+    elif all(value is not None for value in parsed):
+        columns, skip = [f"x{i}" for i in range(len(fields))], number - 1
+    else:
+        return None
+    try:
+        values = np.loadtxt(path, delimiter=delimiter, comments=None, skiprows=skip, ndmin=2,
+                            encoding="utf-8-sig", dtype=np.float64)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if values.shape[0] == 0 or values.shape[1] != len(columns) or not np.isfinite(values).all():
+        return None
+    return Table(values, columns)
 
 
 def _decode(path: Path, raw: bytes) -> str:
