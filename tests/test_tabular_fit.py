@@ -123,3 +123,20 @@ def test_resume_rebuilds_the_race_winner_from_beside_the_checkpoint(tmp_path) ->
     assert not any(line.startswith("racing") for line in lines)
     assert (fitted.choice.transforms, fitted.choice.hidden_features) == (winner.transforms, winner.hidden_features)
     assert not (tmp_path / "m.ckpt.choice.json").exists()  # the finished run needs it no more
+
+
+def test_large_tables_cap_the_validation_rows_and_step_down_to_a_body_the_budget_can_train(monkeypatch) -> None:
+    import flowkit.train.tabular as tabular
+
+    assert round(choose(1_000_000, 43).validation_fraction * 1_000_000) == 20_000
+    assert choose(100_000, 43).validation_fraction == 0.1
+    # With every step timed at a second, a 6 s budget cannot take 2,000 steps of any body: the
+    # fit steps down the ladder to its smallest rung instead of barely training the largest.
+    timed = []
+    monkeypatch.setattr(tabular, "_seconds_per_step", lambda flow, choice, *_: timed.append(choice.transforms) or 1.0)
+    x = torch.randn(200_000, 2, dtype=torch.float64) @ torch.tensor([[1.0, 0.6], [0.0, 0.8]], dtype=torch.float64)
+    fit = fit_tabular(x, time_limit=6.0, progress=False)
+    assert fit.choice.transforms == 2 and fit.choice.hidden_features == 32 and len(timed) == 4
+    assert "takes 2000 steps" in fit.choice.reasons["size"]
+    assert fit.extra["train_rows_scored"] == 20_000 < len(fit.train_rows)
+    assert fit.validation_nll <= fit.gaussian_validation_nll

@@ -413,11 +413,11 @@ def _finish(flow: Flow, initial: dict[str, Tensor] | None, result: FitResult, ch
     val_nll = None if x_val is None else mean_nll(flow, x_val, c_val)
     if val_nll is not None and not val_nll <= gaussian_val:  # also catches NaN
         if initial is not None:
-            flow.load_state_dict(initial)  # the flow's own start: exactly the Gaussian
-        else:  # a flow without a Gaussian start gives way to the Gaussian itself
-            flow = gaussian
+            flow.load_state_dict(initial)  # the flow's own start: the Gaussian, to rounding
+            val_nll = mean_nll(flow, x_val, c_val)
+        if initial is None or (c_val is None and not val_nll <= gaussian_val):
+            flow, val_nll = gaussian, gaussian_val  # no Gaussian start (or a rounding worse): the Gaussian itself
         kept = "gaussian"
-        val_nll = mean_nll(flow, x_val, c_val)
     # The training rows' score is a report, not a decision: on large tables a random subset of
     # them gives it to a few hundredths of a nat in seconds instead of minutes.
     scored = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(0))[:SCORED_TRAIN_ROWS]
