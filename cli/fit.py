@@ -117,9 +117,16 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
                  "hidden_features": None if hidden is None else parse_hidden(hidden), "num_bins": num_bins,
                  "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "learning_rate": learning_rate,
                  "weight_decay": weight_decay, "patience": patience, "validation_fraction": validation_fraction}
+    rows, proposed = int(table.values.shape[0]), proposals(prepared.roles, table.values)
+    # The model trains on float32 standardised arrays handed over as fit_tabular's only reference
+    # (it frees them once split); only a sample of the rows is kept for the picture, so on a large
+    # table no second copy of the data stays in memory while the flow trains.
+    arrays = {"x": prepared.x, "c": prepared.c}
+    prepared = prepared.sample(PICTURE_ROWS, seed)
+    del table
     remaining = None if time_limit is None else max(time_limit - (time.monotonic() - started), 1e-3)
     fitted = fit_tabular(
-        prepared.x, context=prepared.c, preprocessing=prepared.preprocessing or None,
+        arrays.pop("x"), context=arrays.pop("c"), preprocessing=prepared.preprocessing or None,
         time_limit=remaining, seed=seed, device=device, overrides=overrides,
         checkpoint=str(checkpoint), resume=resume, progress=False if quiet else "auto", metrics_csv=metrics,
         compile=use_compile, bf16=bf16, resume_hint="the same `flowkit fit` command with --resume",
@@ -133,7 +140,7 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
     validation_nll = None if fitted.validation_nll is None else fitted.validation_nll - shift
     gaussian_validation_nll = None if fitted.gaussian_validation_nll is None else \
         fitted.gaussian_validation_nll - shift
-    metadata = {"data": data, "rows": int(table.values.shape[0]), "steps": int(result.steps),
+    metadata = {"data": data, "rows": rows, "steps": int(result.steps),
                 "stopped": result.stopped, "kept": fitted.kept, "choice": fitted.choice.summary(),
                 "choice_reasons": fitted.choice.reasons,
                 "train_nll": fitted.train_nll - shift, "validation_nll": validation_nll,
@@ -143,7 +150,7 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
                 "columns": prepared.roles.metadata(), "test": test_path}
     summary = nll_summary(fitted, prepared, test)
     metadata["summary"] = summary
-    metadata["proposals"] = proposals(prepared.roles, table.values)
+    metadata["proposals"] = proposed
     save_model(output, flow, standardizer, metadata)
     checkpoint.unlink(missing_ok=True)  # the finished model supersedes the run's checkpoint
     name_of_flow = flow.config["preset"]
@@ -200,6 +207,7 @@ def seconds_since_start() -> float:
 
 
 IMPORTED = time.monotonic()
+PICTURE_ROWS = 20_000  # data rows drawn beside the fit: more only slows the picture
 
 
 def describe_choice(choice) -> str:

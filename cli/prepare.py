@@ -3,7 +3,7 @@ bounded, and the standardised arrays and preprocessing spec that ``fit_tabular``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import click
 import numpy as np
@@ -50,6 +50,14 @@ class PreparedTable:
     @property
     def c(self) -> np.ndarray | None:
         return None if self.context is None else self.standardizer.context.transform(self.context, np.float32)
+
+    def sample(self, count: int, seed: int = 0) -> PreparedTable:
+        """The same table with a random ``count`` of its rows (all of them, in order, if it has no
+        more): for pictures, which need no more."""
+        if len(self.values) <= count:
+            return self
+        rows = np.sort(np.random.default_rng(seed).choice(len(self.values), count, replace=False))
+        return replace(self, values=self.values[rows], context=None if self.context is None else self.context[rows])
 
     def model_columns(self) -> ModelColumns:
         metadata = self.roles.metadata()

@@ -192,7 +192,7 @@ def column_roles(names: list[str], values: np.ndarray, *, columns: str | None = 
         if len(fractional):
             raise DataError(f"--discrete: column {names[index]!r} holds non-integer values (row {fractional[0]}: "
                             f"{column[fractional[0]]:g})")
-    subset = values[:, modelled]
+    subset = values if modelled == list(range(values.shape[1])) else values[:, modelled]  # no copy of it all
     found = [modelled[i] for i, name in enumerate(names[i] for i in modelled)
              if name in discrete_columns_of(subset, [names[i] for i in modelled])]
     detected = [index for index in found if index not in named_discrete + named_continuous]

@@ -354,6 +354,10 @@ def discrete_columns(table: Table) -> list[str]:
     likelihood keeps rising without describing the data better; callers warn about them.
     """
     values = table.values
-    whole = np.all(values == np.round(values), axis=0)
+
+    def whole(column: np.ndarray) -> bool:  # a block of one column at a time: no table-sized temporaries
+        blocks = (column[i:i + CHUNK_ROWS] for i in range(0, len(column), CHUNK_ROWS))
+        return all(np.array_equal(block, np.round(block)) for block in blocks)
+
     return [name for index, name in enumerate(table.columns)
-            if whole[index] and len(np.unique(values[:, index])) <= len(values) // 2]
+            if whole(values[:, index]) and len(np.unique(values[:, index])) <= len(values) // 2]

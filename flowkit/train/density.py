@@ -190,11 +190,13 @@ def fit_density(
             validation_context, dtype, "validation_context", None if c is None else c.shape[1])
     else:
         held_out = min(int(round(x.shape[0] * validation_fraction)), x.shape[0] - 1)
-        order = torch.randperm(x.shape[0], generator=generator)
-        validation_x = x[order[:held_out]] if held_out else None
-        validation_c = c[order[:held_out]] if held_out and c is not None else None
-        x = x[order[held_out:]]
-        c = None if c is None else c[order[held_out:]]
+        validation_x = validation_c = None
+        if held_out:  # with nothing held out the rows stay where they are: no copy of a large table
+            order = torch.randperm(x.shape[0], generator=generator)
+            validation_x = x[order[:held_out]]
+            validation_c = None if c is None else c[order[:held_out]]
+            x = x[order[held_out:]]
+            c = None if c is None else c[order[held_out:]]
 
     context_dist = dist_tools.detect()
     target = dist_tools.resolve_device(device, context_dist)

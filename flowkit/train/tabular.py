@@ -288,6 +288,7 @@ def fit_tabular(
     x_train, x_val = x[train_rows], x[validation_rows] if len(validation_rows) else None
     c_train = None if c is None else c[train_rows]
     c_val = None if c is None or x_val is None else c[validation_rows]
+    del data, context, x, c  # only the splits are used from here: a caller that passes its last reference frees it
 
     shrinkage, _ = best_shrinkage(x_train, x_val, preprocessing)
     gaussian = gaussian_flow(x_train, shrinkage, preprocessing=preprocessing).to(dtype)
