@@ -37,6 +37,7 @@ Results: ``benchmarks/results/variational_cpu[_<tag>].{json,md}``.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
@@ -69,7 +70,9 @@ def make_targets(refresh: bool) -> dict[str, dict]:
     reference = nuts_reference.load_reference("breast_cancer", refresh=refresh)
     logistic = {"target": nuts_reference.breast_cancer_regression(reference["prior_scale"]),
                 "mean": torch.tensor(reference["mean"]), "std": torch.tensor(reference["std"]), "log_z": None,
-                "coordinates": slice(None), "reference": f"NUTS ({reference['settings']['draws']} draws)"}
+                "coordinates": slice(None),
+                "reference": f"NUTS, {reference['settings']['draws']} draws, ESS >= {reference['ess_min']:.0f}, "
+                             f"split R-hat {reference['split_rhat_max']:.3f}"}
     return {"gaussian": known(CorrelatedGaussian(features=5, seed=0)),
             "funnel": known(NealsFunnel(features=5), slice(0, 1)),
             "banana": known(Banana()),
@@ -137,20 +140,32 @@ def fit_one(method: str, spec: dict, args: argparse.Namespace, seed: int) -> dic
     return {**record, **score(result, spec)}
 
 
+def moment_errors(mean: torch.Tensor, std: torch.Tensor, spec: dict) -> tuple[float, float]:
+    """``max_i |mean_i - ref_i| / ref std_i`` and ``max_i |std_i / ref std_i - 1|`` over the kept coordinates."""
+    keep = spec["coordinates"]
+    if not bool(torch.isfinite(mean).all() and torch.isfinite(std).all()):
+        return math.inf, math.inf
+    reference_std = spec["std"][keep]
+    return (((mean - spec["mean"][keep]).abs() / reference_std).max().item(),
+            (std / reference_std - 1).abs().max().item())
+
+
+def noise_floor(spec: dict) -> tuple[float, float] | None:
+    """The errors of as many exact draws as q gets: what no method can beat (None without a sampler)."""
+    if spec["reference"] != "exact":
+        return None
+    draws = spec["target"].sample(IMPORTANCE_SAMPLES, torch.Generator().manual_seed(0))[:, spec["coordinates"]]
+    return moment_errors(draws.mean(0), draws.std(0), spec)
+
+
 def score(result: flowkit.ImportanceResult, spec: dict) -> dict:
     """Moment errors of q and of its PSIS reweighting, log Z, ESS fraction and k-hat."""
     keep = spec["coordinates"]
-    mean, std = spec["mean"][keep], spec["std"][keep]
     draws = result.samples[:, keep]
     finite = bool(torch.isfinite(draws).all())
-
-    def errors(q_mean: torch.Tensor, q_std: torch.Tensor) -> tuple[float, float]:
-        if not finite:
-            return math.inf, math.inf
-        return ((q_mean - mean).abs() / std).max().item(), (q_std / std - 1).abs().max().item()
-
-    mean_error, std_error = errors(draws.mean(0), draws.std(0))
-    psis_mean_error, psis_std_error = errors(result.mean[keep], result.covariance.diagonal()[keep].clamp(min=0).sqrt())
+    mean_error, std_error = moment_errors(draws.mean(0), draws.std(0), spec)
+    psis_mean_error, psis_std_error = moment_errors(
+        result.mean[keep], result.covariance.diagonal()[keep].clamp(min=0).sqrt(), spec)
     return {"mean_error": mean_error, "std_error": std_error, "psis_mean_error": psis_mean_error,
             "psis_std_error": psis_std_error, "log_z": result.log_z, "log_z_se": result.log_z_se,
             "ess_fraction": result.ess / IMPORTANCE_SAMPLES, "khat": result.khat,
@@ -211,6 +226,9 @@ def markdown(summary: list[dict], specs: dict, meta: dict) -> str:
         lines += [f"## {name} ({spec['target'].features}-D; reference: {spec['reference']}; true log Z {truth})", "",
                   "| method | parameters | mean error | std error | PSIS mean error | PSIS std error | log Z (IS) "
                   "| log Z se | ESS fraction | k-hat | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        floor = noise_floor(spec)
+        if floor is not None:
+            lines.append(f"| exact draws (noise floor) | - | {floor[0]:.3f} | {floor[1]:.3f} | | | | | | | |")
         for entry in entries:
             lines.append(f"| {entry['method']} | {entry['parameters']} | {_figure(entry, 'mean_error')} "
                          f"| {_figure(entry, 'std_error')} | {_figure(entry, 'psis_mean_error')} "
@@ -249,6 +267,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 seed, 100 steps, maf, iaf and zuko")
     parser.add_argument("--refresh-reference", action="store_true", help="rerun the NUTS reference")
     parser.add_argument("--tag", default="", help="suffix for the result file names")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the .md from the recorded .json")
     args = parser.parse_args()
     args.device = "cpu"
     if args.quick:
@@ -258,6 +277,11 @@ def main() -> None:
     torch.set_num_threads(1)
     started, load_start = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
     specs = {name: spec for name, spec in make_targets(args.refresh_reference).items() if name in args.targets}
+    if args.render_only:
+        stem = common.RESULTS / f"variational_cpu{'_' + args.tag if args.tag else ''}"
+        report = json.loads(stem.with_suffix(".json").read_text())
+        stem.with_suffix(".md").write_text(markdown(report["summary"], specs, report["meta"]))
+        return
     rows = []
     for name, spec in specs.items():
         for method in args.methods:
