@@ -27,8 +27,8 @@ zuko's NSF is not fitted to the 31-D posterior by default (``--all-pairs`` does)
 inverts each autoregressive layer with one network pass per coordinate, 1.9 s a training step
 here, 16 minutes a fit.
 
-    python benchmarks/variational.py                 # the recorded run (one thread, ~30 min)
-    python benchmarks/variational.py --quick         # 1 seed, 100 steps, maf, iaf and zuko: ~2 min
+    python benchmarks/variational.py                 # the recorded run (one thread, 22 min)
+    python benchmarks/variational.py --quick         # 1 seed, 100 steps, maf, iaf and zuko: ~75 s
     python benchmarks/variational.py --refresh-reference --targets logistic
 
 Results: ``benchmarks/results/variational_cpu[_<tag>].{json,md}``.
