@@ -117,8 +117,15 @@ def timed(function: Callable[[], Any], device: str) -> float:
     return time.perf_counter() - start
 
 
-def metadata(args: argparse.Namespace, script: str, load_start: list[float], started: float) -> dict:
-    """Where, when and how a report was measured."""
+def parameter_count(module: torch.nn.Module) -> int:
+    """Trainable parameters of a model (what "matched sizes" compares)."""
+    return sum(parameter.numel() for parameter in module.parameters() if parameter.requires_grad)
+
+
+def metadata(args: argparse.Namespace, script: str, load_start: list[float], started: float,
+             config: dict | None = None) -> dict:
+    """Where, when and how a report was measured; ``config`` replaces the flow-size block of the
+    harnesses that share ``add_arguments``."""
     from importlib.metadata import version
 
     return {
@@ -128,8 +135,9 @@ def metadata(args: argparse.Namespace, script: str, load_start: list[float], sta
         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "zuko": version("zuko"),
                      "nflows": version("nflows")},
-        "config": {"features": args.features, "transforms": args.transforms, "hidden": [args.hidden] * 2,
-                   "bins": args.bins, "batch": args.batch, "dtype": "float32"},
+        "config": config if config is not None else {
+            "features": args.features, "transforms": args.transforms, "hidden": [args.hidden] * 2,
+            "bins": args.bins, "batch": args.batch, "dtype": "float32"},
         "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()],
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
