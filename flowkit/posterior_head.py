@@ -22,22 +22,13 @@ The head puts four cheap things around the preset's chain, all starting as the i
    the very end, so the splines work on a standardised copy of the target and their bound follows
    it.
 
-``fit_variational`` attaches the head by default and starts its elementwise affine at the
-diagonal Gaussian that reverse KL fits to the target (``warm_start_head``: a few hundred cheap
-steps of ``2 * features`` parameters), so the flow begins at the target's location and scale
-instead of learning a scale of 10 one Adam step at a time (measured on the 2-D banana, std
-(10, 4.4): nsf reached (6.3, 1.8) in 500 steps from the identity). ``flow.config["posterior_head"]``
-records the head so ``flowkit.build(**flow.config)`` (and so ``flowkit.io``) rebuilds the same
-architecture.
+``fit_variational`` attaches the head by default; ``flow.config["posterior_head"]`` records it so
+``flowkit.build(**flow.config)`` (and so ``flowkit.io``) rebuilds the same architecture.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from flowkit.bijectors.autoregressive import MaskedAutoregressive
 from flowkit.bijectors.base import Chain, Inverse
@@ -108,53 +99,3 @@ def attach_posterior_head(flow: Flow, seed: int = 0) -> Flow:
     if isinstance(getattr(flow, "config", None), dict):
         flow.config = {**flow.config, "posterior_head": True}
     return flow
-
-
-def warm_start_head(flow: Flow, log_target: Callable[[Tensor], Tensor], steps: int = 200, num_samples: int = 256,
-                    learning_rate: float = 0.05, seed: int = 0) -> bool:
-    """Set the head's data-end affine (its ``ActNorm``) to the diagonal Gaussian ``N(m, diag(s^2))``
-    that minimises ``KL(q || p)`` for ``log_target``, fitted alone by pathwise gradients. With the
-    rest of the flow at the identity the flow is then exactly that Gaussian. Returns whether it
-    was set (not when the fit went non-finite: the head then stays the identity).
-
-    Example:
-        >>> import torch, flowkit
-        >>> flow = attach_posterior_head(flowkit.nsf(features=2, transforms=1, hidden_features=8))
-        >>> wide = lambda x: -0.5 * ((x - 4.0) / 10.0).square().sum(-1)
-        >>> warm_start_head(flow, wide), flow.sample(20000).std(0).round().tolist()
-        (True, [10.0, 10.0])
-    """
-    scale = flow.bijector.bijectors[0]
-    if not (has_posterior_head(flow) and isinstance(scale, ActNorm)):
-        raise ValueError("warm_start_head needs a flow with the posterior head (attach_posterior_head)")
-    parameter = next(flow.parameters())
-    generator = torch.Generator(device=parameter.device).manual_seed(seed)
-    loc = torch.zeros(flow.features, dtype=parameter.dtype, device=parameter.device, requires_grad=True)
-    log_scale = torch.zeros_like(loc, requires_grad=True)
-    optimizer = torch.optim.Adam([loc, log_scale], lr=learning_rate)
-    best = (math.inf, None)
-    for step in range(steps):
-        for group in optimizer.param_groups:  # cosine decay: large moves first, a settled end
-            group["lr"] = learning_rate * 0.5 * (1 + math.cos(math.pi * step / steps))
-        noise = torch.randn(num_samples, flow.features, generator=generator, dtype=loc.dtype, device=loc.device)
-        loss = -log_target(loc + log_scale.exp() * noise).mean() - log_scale.sum()  # KL(q || p) + const
-        if not torch.isfinite(loss):
-            return _set(scale, *best[1]) if best[1] is not None else False
-        if loss.item() < best[0]:
-            best = (loss.item(), (loc.detach().clone(), log_scale.detach().clone()))
-        # autograd.grad, not backward: a target with parameters of its own must get no gradient
-        gradients = torch.autograd.grad(loss, [loc, log_scale])
-        norm = torch.cat([g.reshape(-1) for g in gradients]).norm()
-        for value, gradient in zip((loc, log_scale), gradients):
-            value.grad = gradient * min(1.0, 10.0 / (float(norm) + 1e-12))
-        optimizer.step()
-    return _set(scale, loc.detach(), log_scale.detach())
-
-
-@torch.no_grad()
-def _set(layer: ActNorm, loc: Tensor, log_scale: Tensor) -> bool:
-    if not (torch.isfinite(loc).all() and torch.isfinite(log_scale).all()):
-        return False
-    layer.loc.copy_(loc)
-    layer.log_scale.copy_(log_scale)
-    return True

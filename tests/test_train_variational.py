@@ -31,9 +31,7 @@ def test_reverse_kl_recovers_a_gaussian_target(estimator: str, capsys: pytest.Ca
     assert (samples.std(0) / SCALE).sub(1).abs().max() < 0.1
     # the loss is the negative ELBO: it approaches -log Z from above
     assert result.history[-1]["train_loss"] == pytest.approx(-LOG_Z, abs=0.1)
-    # the head's warm start begins at the best diagonal Gaussian, here the answer itself: the
-    # first record is no worse than the last by more than noise
-    assert result.history[0]["train_loss"] < result.history[-1]["train_loss"] + 0.05
+    assert result.history[0]["train_loss"] > result.history[-1]["train_loss"] + 0.5
     report = result.diagnostics
     assert {"elbo", "log_z", "ess", "khat"} <= report.keys()
     assert report["log_z"] == pytest.approx(LOG_Z, abs=0.05)
@@ -49,7 +47,7 @@ def test_an_untrained_flow_has_worse_diagnostics() -> None:
     torch.manual_seed(0)
     flow = flowkit.realnvp(features=2, transforms=2, hidden_features=16)
     result = fit_variational(flow, log_target, steps=1, learning_rate=1e-6, progress=False,
-                             diagnostic_samples=4000, posterior_head=False)  # the head's warm start is a fit
+                             diagnostic_samples=4000)
     assert result.diagnostics["ess"] < 0.5 * 4000  # N(0, I) is far from the target
     assert result.diagnostics["elbo"] < LOG_Z - 0.5
 

@@ -9,12 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from flowkit.posterior_head import (
-    attach_posterior_head,
-    can_take_posterior_head,
-    has_posterior_head,
-    warm_start_head,
-)
+from flowkit.posterior_head import attach_posterior_head, can_take_posterior_head, has_posterior_head
 from flowkit.train import distributed as dist_tools
 from flowkit.train import precision
 from flowkit.train.density import model_dtype
@@ -111,9 +106,7 @@ def fit_variational(
         raise ValueError(f"anneal_fraction must be in [0, 1), got {anneal_fraction}")
     if posterior_head not in (True, False, "auto"):
         raise ValueError(f"posterior_head must be True, False or 'auto', got {posterior_head!r}")
-    fresh_head = False
     if posterior_head is True or (posterior_head == "auto" and can_take_posterior_head(flow)):
-        fresh_head = not has_posterior_head(flow)
         attach_posterior_head(flow)  # before the optimiser sees the parameters; build() rebuilds the same
     place = dist_tools.detect()
     target = dist_tools.resolve_device(device, place)
@@ -125,8 +118,6 @@ def fit_variational(
         owner.to(target)
     if context is not None:
         context = torch.as_tensor(context, dtype=model_dtype(flow)).to(target)
-    if fresh_head and context is None and not resume:  # a resumed run restores its own; a conditional head
-        warm_start_head(flow, log_target, seed=seed)  # starts at the identity
     interval = log_every or max(1, min(100, steps // 20))
 
     anneal_steps = int(anneal_fraction * steps)
