@@ -12,6 +12,7 @@ import csv
 import math
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,8 +156,10 @@ def _read_text_fast(path: Path, tab: bool = False) -> Table | None:
     else:
         return None
     try:
-        values = np.loadtxt(path, delimiter=delimiter, comments=None, skiprows=skip, ndmin=2,
-                            encoding="utf-8-sig", dtype=np.float64)
+        with warnings.catch_warnings():  # "input contained no data": the exact reader says it better
+            warnings.simplefilter("ignore", UserWarning)
+            values = np.loadtxt(path, delimiter=delimiter, comments=None, skiprows=skip, ndmin=2,
+                                encoding="utf-8-sig", dtype=np.float64)
     except (ValueError, UnicodeDecodeError):
         return None
     if values.shape[0] == 0 or values.shape[1] != len(columns) or not np.isfinite(values).all():
