@@ -70,7 +70,7 @@ def parse_hidden(text: str) -> int | list[int]:
               help="Train through torch.compile: tens of seconds to compile, then faster steps (spline flows most).")
 @click.option("--bf16", is_flag=True,
               help="bfloat16 matmuls (float32 weights and log-dets) on a GPU or a CPU with AMX / AVX512-BF16; "
-                   "refused elsewhere.")
+                   "refused elsewhere. With --compile about twice as fast a step as float32 on AMX.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @clean_errors
 def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, batch_size, learning_rate,
