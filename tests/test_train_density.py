@@ -150,3 +150,13 @@ def test_data_dependent_init_leaves_batchnorm_statistics_alone() -> None:
     # one training step, so the running mean moved once: momentum * batch mean (not twice)
     torch.testing.assert_close(batchnorm.running_mean, 0.1 * data.mean(0))
     assert bool(actnorm.initialized)
+
+
+def test_rows_with_nan_or_inf_are_refused_with_the_first_of_them() -> None:
+    from flowkit.train.density import as_rows
+
+    x = torch.randn(70_000, 3)  # more than one block of rows
+    x[66_000, 1], x[69_999, 2] = float("nan"), float("inf")
+    with pytest.raises(ValueError, match=r"2 rows with NaN or Inf \(first: row 66000\)"):
+        as_rows(x, torch.float32, "data")
+    assert as_rows(x[:66_000], torch.float32, "data").shape == (66_000, 3)

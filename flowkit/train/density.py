@@ -37,9 +37,12 @@ def as_rows(values: Any, dtype: torch.dtype, name: str, columns: int | None = No
         raise ValueError(f"{name} must have {columns} columns, got {tensor.shape[1]}")
     if tensor.shape[0] == 0:
         raise ValueError(f"{name} has no rows")
-    bad = (~torch.isfinite(tensor)).any(1)
-    if bad.any():
-        raise ValueError(f"{name} has {int(bad.sum())} rows with NaN or Inf (first: row {int(bad.nonzero()[0])})")
+    # By blocks of rows: isfinite on a whole large table makes temporaries of nearly twice its size.
+    bad = [torch.nonzero(~torch.isfinite(tensor[i:i + 65_536]).all(1)).flatten() + i
+           for i in range(0, tensor.shape[0], 65_536)]
+    bad = torch.cat(bad) if bad else torch.zeros(0, dtype=torch.long)
+    if len(bad):
+        raise ValueError(f"{name} has {len(bad)} rows with NaN or Inf (first: row {int(bad[0])})")
     return tensor.contiguous()
 
 
