@@ -22,6 +22,12 @@ The head puts four cheap things around the preset's chain, all starting as the i
    the very end, so the splines work on a standardised copy of the target and their bound follows
    it.
 
+The base's and the elementwise affine's locations and scales train at ``HEAD_LR_SCALE`` times
+the learning rate (``make_optimizer`` honours a parameter's ``lr_scale``): from the identity,
+Adam's one-rate-a-step moves left a spline flow on the 2-D banana (std 10, 4.36) at (6.3, 1.7)
+after 500 steps at 5e-3; at 5x the rate it reaches (8.8, 3.0), and the two-mode annealed fit
+still finds both modes (at 10x it reached (9.6, 3.7) but lost one mode).
+
 ``fit_variational`` attaches the head by default; ``flow.config["posterior_head"]`` records it so
 ``flowkit.build(**flow.config)`` (and so ``flowkit.io``) rebuilds the same architecture.
 """
@@ -37,6 +43,11 @@ from flowkit.bijectors.transformers import Affine, RationalQuadraticSpline
 from flowkit.bijectors.unconditional import Unconditional
 from flowkit.distributions import DiagGaussian
 from flowkit.flow import Flow
+
+# The head's location and scale parameters learn this many times faster than the rest: Adam moves
+# each parameter by about one learning rate a step, so from the identity a scale of 10 (2.3 in
+# log units) takes more steps than a short fit has.
+HEAD_LR_SCALE = 5.0
 
 
 def head_width(features: int) -> int:
@@ -90,6 +101,8 @@ def attach_posterior_head(flow: Flow, seed: int = 0) -> Flow:
     conditional = Inverse(MaskedAutoregressive(Affine(), features, context_features=flow.context_features,
                                                hidden_features=head_width(features), seed=seed))
     marginal = Unconditional(RationalQuadraticSpline(num_bins=8, tail_bound=3.0), features)
+    for parameter in (*base.parameters(), *scale.parameters()):
+        parameter.lr_scale = HEAD_LR_SCALE
     head = nn.ModuleList([base, scale, marginal, conditional])
     if parameter is not None:
         head.to(device=parameter.device, dtype=parameter.dtype)

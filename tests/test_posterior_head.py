@@ -131,3 +131,20 @@ def test_posterior_head_false_trains_the_flow_as_built() -> None:
         fit_variational(flow, wide_gaussian, steps=2, progress=False, posterior_head="yes")
     fit_variational(flow, wide_gaussian, steps=2, progress=False, diagnostic_samples=0)
     assert has_posterior_head(flow) and len(list(flow.named_parameters())) > len(names)
+
+
+def test_the_heads_location_and_scale_take_a_multiple_of_the_learning_rate() -> None:
+    from flowkit.posterior_head import HEAD_LR_SCALE
+    from flowkit.train.schedule import Schedule, make_optimizer
+
+    flow = attach_posterior_head(flowkit.nsf(features=3, transforms=1, hidden_features=8))
+    head = {id(p) for p in (*flow.base.parameters(), *flow.bijector.bijectors[0].parameters())}
+    optimizer = make_optimizer(flow.parameters(), 1e-3)
+    Schedule(optimizer, 1e-3, total_steps=10, kind="constant").apply(0)
+    rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert len(rates) == sum(1 for p in flow.parameters() if p.requires_grad)
+    assert all(rates[key] == pytest.approx(1e-3 * HEAD_LR_SCALE) for key in head)
+    assert all(rate == pytest.approx(1e-3) for key, rate in rates.items() if key not in head)
+    # a flow rebuilt from its config (as a saved model is) asks for the same rates
+    rebuilt = flowkit.build(**flow.config)
+    assert sum(1 for p in rebuilt.parameters() if getattr(p, "lr_scale", None)) == len(head)

@@ -23,7 +23,8 @@ def make_optimizer(
 
     The fused kernel updates all tensors in one pass; on the small networks of a flow the
     optimiser step is a large share of a training step (measured 1.6x faster steps on CPU than
-    the default per-tensor loop for a 4-layer RealNVP of width 64).
+    the default per-tensor loop for a 4-layer RealNVP of width 64). A parameter with an
+    ``lr_scale`` attribute gets its own group, whose rate the schedule keeps at that multiple.
 
     Example:
         >>> import torch
@@ -37,6 +38,12 @@ def make_optimizer(
     if learning_rate <= 0:
         raise ValueError(f"learning_rate must be positive, got {learning_rate}")
     fused = all(p.device.type in ("cpu", "cuda") for p in parameters)
+    parameters = list(parameters)
+    scaled = [p for p in parameters if getattr(p, "lr_scale", None)]
+    if scaled:  # parameters that ask for a multiple of the rate (the posterior head's scales) get a group
+        plain = [p for p in parameters if not getattr(p, "lr_scale", None)]
+        groups = [{"params": plain}] + [{"params": [p], "lr_scale": p.lr_scale} for p in scaled]
+        parameters = [group for group in groups if group["params"]]
     return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay,
                              fused=True if fused else None, foreach=None if fused else True)
 
@@ -99,7 +106,7 @@ class Schedule:
         """Write ``rate(step, elapsed)`` into every parameter group and return it (no device sync)."""
         rate = self.rate(step, elapsed)
         for group in self.optimizer.param_groups:
-            group["lr"] = rate
+            group["lr"] = rate * group.get("lr_scale", 1.0)
         return rate
 
     def state_dict(self) -> dict[str, float]:
