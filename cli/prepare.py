@@ -9,7 +9,7 @@ import click
 import numpy as np
 from flowkit_cli.tables import ModelColumns, align
 
-from flowkit.data.columns import ColumnRoles, check_bounds, column_roles
+from flowkit.data.columns import ColumnRoles, check_bounds, column_roles, take_columns
 from flowkit.data.tabular import DataError, Standardizer, Table
 
 
@@ -87,9 +87,7 @@ def prepare(table: Table, columns=None, exclude=None, context=None, discrete=Non
     the whitening layer behind them scales them); the others are standardised in float64."""
     roles = column_roles(table.columns, table.values, columns=columns, exclude=exclude, context=context,
                          discrete=discrete, continuous=continuous, bounds=bounds)
-    # Every column modelled, in order: a view, not a second copy of a large table.
-    every = list(roles.modelled) == list(range(table.values.shape[1]))
-    values = table.values if every else table.values[:, roles.modelled]
+    values = take_columns(table.values, roles.modelled)
     names = [table.columns[index] for index in roles.modelled]
     unscaled = roles.positions(sorted(set(roles.discrete) | set(roles.bounds)))
     standardizer = Standardizer.fit(Table(values, names), unscaled=unscaled)

@@ -192,13 +192,19 @@ def column_roles(names: list[str], values: np.ndarray, *, columns: str | None = 
         if len(fractional):
             raise DataError(f"--discrete: column {names[index]!r} holds non-integer values (row {fractional[0]}: "
                             f"{column[fractional[0]]:g})")
-    subset = values if modelled == list(range(values.shape[1])) else values[:, modelled]  # no copy of it all
+    subset = take_columns(values, modelled)
     found = [modelled[i] for i, name in enumerate(names[i] for i in modelled)
              if name in discrete_columns_of(subset, [names[i] for i in modelled])]
     detected = [index for index in found if index not in named_discrete + named_continuous]
     integer = sorted(set(named_discrete) | set(detected))
     check_bounds(values, names, bounded)
     return ColumnRoles(list(names), modelled, conditioning, integer, bounded, detected)
+
+
+def take_columns(values: np.ndarray, indices: Sequence[int]) -> np.ndarray:
+    """``values[:, indices]``, or ``values`` itself (no copy of a large table) when the indices
+    are every column in order."""
+    return values if list(indices) == list(range(values.shape[1])) else values[:, list(indices)]
 
 
 def discrete_columns_of(values: np.ndarray, names: list[str]) -> list[str]:

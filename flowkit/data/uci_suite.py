@@ -90,8 +90,7 @@ def _split_then_standardise(data: np.ndarray, source: str) -> list[np.ndarray]:
     """Test = last 10%, validation = last 10% of the rest; standardised with the mean and
     (ddof=0, numpy's) std of train + validation: POWER's and MINIBOONE's ``load_data_normalised``."""
     rest, test = tail_split(data, source)
-    train, validation = tail_split(rest, source)
-    return _standardised([train, validation, test], rest.mean(axis=0), rest.std(axis=0), source)
+    return _standardised([*tail_split(rest, source), test], rest.mean(axis=0), rest.std(axis=0), source)
 
 
 def preprocess_power(raw: np.ndarray, source: str = "power") -> list[np.ndarray]:
@@ -138,10 +137,8 @@ def preprocess_gas(frame, source: str = "gas") -> list[np.ndarray]:
     std = frame.std()
     if (std == 0).any():
         raise DataError(f"{source}: column {std.index[(std == 0).to_numpy()][0]!r} is constant")
-    data = ((frame - frame.mean()) / std).to_numpy(np.float64)
-    rest, test = tail_split(data, source)
-    train, validation = tail_split(rest, source)
-    return [train, validation, test]
+    rest, test = tail_split(((frame - frame.mean()) / std).to_numpy(np.float64), source)
+    return [*tail_split(rest, source), test]
 
 
 def preprocess_hepmass(train_file: tuple[list[str], np.ndarray], test_file: tuple[list[str], np.ndarray],

@@ -38,12 +38,11 @@ def make_optimizer(
     if learning_rate <= 0:
         raise ValueError(f"learning_rate must be positive, got {learning_rate}")
     fused = all(p.device.type in ("cpu", "cuda") for p in parameters)
-    parameters = list(parameters)
-    scaled = [p for p in parameters if getattr(p, "lr_scale", None)]
-    if scaled:  # parameters that ask for a multiple of the rate (the posterior head's scales) get a group
-        plain = [p for p in parameters if not getattr(p, "lr_scale", None)]
-        groups = [{"params": plain}] + [{"params": [p], "lr_scale": p.lr_scale} for p in scaled]
-        parameters = [group for group in groups if group["params"]]
+    by_scale: dict[float, list[nn.Parameter]] = {}
+    for parameter in parameters:  # one group per multiple of the rate (the posterior head's asks for one)
+        by_scale.setdefault(getattr(parameter, "lr_scale", None) or 1.0, []).append(parameter)
+    if len(by_scale) > 1:
+        parameters = [{"params": group, "lr_scale": scale} for scale, group in by_scale.items()]
     return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay,
                              fused=True if fused else None, foreach=None if fused else True)
 

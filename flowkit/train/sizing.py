@@ -123,12 +123,16 @@ def candidates(rows: int, features: int, time_limit: float | None = None, contex
         >>> [c.transforms for c in candidates(3000, 10)], len(candidates(3000, 10, overrides={"transforms": 4}))
         ([2, 3, 5], 1)
     """
-    overrides = overrides or {}
-    if any(overrides.get(key) is not None for key in STRUCTURE) or rows >= RACE_MAX_ROWS:
+    if fixes_structure(overrides) or rows >= RACE_MAX_ROWS:
         return [choose(rows, features, time_limit, context_features, overrides)]
     middle = rung_for(rows)
     rungs = range(max(0, middle - 1), min(len(LADDER), middle + 2))
     return [choose(rows, features, time_limit, context_features, overrides, rung) for rung in rungs]
+
+
+def fixes_structure(overrides: dict[str, Any] | None) -> bool:
+    """Whether ``overrides`` pin the body (preset, depth or width), so nothing races or resizes."""
+    return any((overrides or {}).get(key) is not None for key in STRUCTURE)
 
 
 def _log2(value: float) -> float:

@@ -34,10 +34,10 @@ from flowkit.train.sizing import (
     MIN_FINAL_STEPS,
     RACE_MAX_ROWS,
     SHRINKAGE_GRID,
-    STRUCTURE,
     Choice,
     candidates,
     choose,
+    fixes_structure,
     rung_for,
 )
 
@@ -335,8 +335,7 @@ def fit_tabular(
     # Each flow's start (the Gaussian, for whitened flows), to fall back on if it never beats it.
     start_of = lambda flow: copy.deepcopy(flow.state_dict()) if flow.config.get("whiten") else None
     initial = {id(flow): start_of(flow) for flow in flows}
-    if time_limit is not None and rows >= RACE_MAX_ROWS and not any(
-            (overrides or {}).get(key) is not None for key in STRUCTURE):
+    if time_limit is not None and rows >= RACE_MAX_ROWS and not fixes_structure(overrides):
         # Too many rows to race: the body the row count suggests, unless it is too slow for the
         # budget to take MIN_FINAL_STEPS steps; then the largest smaller body that can.
         rung = rung_for(rows)
