@@ -120,16 +120,17 @@ def fit(data, output, preset, transforms, hidden, num_bins, epochs, max_steps, b
     rows, proposed = int(table.values.shape[0]), proposals(prepared.roles, table.values)
     # The model trains on float32 standardised arrays handed over as fit_tabular's only reference
     # (it frees them once split); only a sample of the rows is kept for the picture, so on a large
-    # table no second copy of the data stays in memory while the flow trains.
-    arrays = {"x": prepared.x, "c": prepared.c}
-    prepared = prepared.sample(PICTURE_ROWS, seed)
-    del table
+    # table no second copy of the data stays in memory while the flow trains. The table's float64
+    # values are consumed here (the float32 rows are written over them): nothing reads them below.
+    x, c, prepared = prepared.training_arrays(PICTURE_ROWS, seed)
+    arrays = {"x": x, "c": c}
+    del table, x, c
     remaining = None if time_limit is None else max(time_limit - (time.monotonic() - started), 1e-3)
     fitted = fit_tabular(
         arrays.pop("x"), context=arrays.pop("c"), preprocessing=prepared.preprocessing or None,
         time_limit=remaining, seed=seed, device=device, overrides=overrides,
         checkpoint=str(checkpoint), resume=resume, progress=False if quiet else "auto", metrics_csv=metrics,
-        compile=use_compile, bf16=bf16, resume_hint="the same `flowkit fit` command with --resume",
+        compile=use_compile, bf16=bf16, resume_hint="the same `flowkit fit` command with --resume", consume=True,
         announce=None if quiet else lambda line: click.echo(line, err=True))
     result = fitted.result
     if result.stopped == "interrupted":

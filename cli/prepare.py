@@ -11,6 +11,7 @@ from flowkit_cli.tables import ModelColumns, align
 
 from flowkit.data.columns import ColumnRoles, check_bounds, column_roles, take_columns
 from flowkit.data.tabular import DataError, Standardizer, Table
+from flowkit.memory import standardize_in_place
 
 
 def column_options(command):
@@ -50,6 +51,22 @@ class PreparedTable:
     @property
     def c(self) -> np.ndarray | None:
         return None if self.context is None else self.standardizer.context.transform(self.context, np.float32)
+
+    def training_arrays(self, picture_rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None, PreparedTable]:
+        """``x`` and ``c``, and a ``sample`` of ``picture_rows`` rows to draw beside the fit.
+
+        On a table larger than the sample, ``x`` is written over the modelled values' own float64
+        buffer and half of it released (``standardize_in_place``): the values are consumed, and
+        from here only the returned sample (and the file) hold the data in its units. A million
+        rows would otherwise hold the float64 table and its float32 copy at once."""
+        picture = self.sample(picture_rows, seed)
+        values = self.values
+        if picture is self or values.dtype != np.float64 or not values.flags.c_contiguous \
+                or not values.flags.writeable:
+            return self.x, self.c, picture
+        c = self.c
+        self.values = None  # consumed: nothing may read it again
+        return standardize_in_place(values, self.standardizer.mean, self.standardizer.std), c, picture
 
     def sample(self, count: int, seed: int = 0) -> PreparedTable:
         """The same table with a random ``count`` of its rows (all of them, in order, if it has no

@@ -132,11 +132,25 @@ def test_large_tables_cap_the_validation_rows_and_step_down_to_a_body_the_budget
     assert choose(100_000, 43).validation_fraction == 0.1
     # With every step timed at a second, a 6 s budget cannot take 2,000 steps of any body: the
     # fit steps down the ladder to its smallest rung instead of barely training the largest.
+    # A forward pass that alone is too slow refuses a body without timing a training step (whose
+    # memory a large body would make the fit's peak); one that passes leads to a timed step.
     timed = []
-    monkeypatch.setattr(tabular, "_seconds_per_step", lambda flow, choice, *_: timed.append(choice.transforms) or 1.0)
+
+    def stub(forward: float, step: float):
+        def seconds(flow, choice, *_, forward_only=False):
+            timed.append(forward_only)
+            return forward if forward_only else step
+        return seconds
+
     x = torch.randn(200_000, 2, dtype=torch.float64) @ torch.tensor([[1.0, 0.6], [0.0, 0.8]], dtype=torch.float64)
+    monkeypatch.setattr(tabular, "_seconds_per_step", stub(forward=1.0, step=1.0))
     fit = fit_tabular(x, time_limit=6.0, progress=False)
-    assert fit.choice.transforms == 2 and fit.choice.hidden_features == 32 and len(timed) == 4
+    assert fit.choice.transforms == 2 and fit.choice.hidden_features == 32
+    assert timed == [True] * 4  # four rungs refused, each by its forward pass
     assert "takes 2000 steps" in fit.choice.reasons["size"]
+    timed.clear()
+    monkeypatch.setattr(tabular, "_seconds_per_step", stub(forward=1e-6, step=1.0))
+    assert fit_tabular(x, time_limit=6.0, progress=False).choice.hidden_features == 32
+    assert timed == [True, False] * 4  # each forward pass fast enough, each step too slow
     assert fit.extra["train_rows_scored"] == 20_000 < len(fit.train_rows)
     assert fit.validation_nll <= fit.gaussian_validation_nll

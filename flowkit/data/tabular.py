@@ -111,15 +111,15 @@ def read_table(path: str | Path, format: str | None = None) -> Table:
             start = handle.read(len(NUMPY_MAGIC))
         if start.startswith(formats.PARQUET_MAGIC) or (format == "parquet" and start):
             return formats.read_parquet(path, str(path))
-        if path.suffix.lower() != ".npy" and format != "npy" and not start.startswith((NUMPY_MAGIC, ZIP_MAGIC)):
+        if start.startswith(NUMPY_MAGIC):  # read by numpy straight into the array, never as bytes first
+            return _read_npy(path)
+        if path.suffix.lower() != ".npy" and format != "npy" and not start.startswith(ZIP_MAGIC):
             fast = _read_text_fast(path, tab=format == "tsv")
             if fast is not None:
                 return fast
         raw = path.read_bytes()
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror or error.__class__.__name__})") from None
-    if raw.startswith(NUMPY_MAGIC):
-        return _read_npy(path)
     if raw.startswith(ZIP_MAGIC):
         raise DataError(f"{path}: a zip archive (.npz?), not a table; save the one array with numpy.save as .npy")
     if path.suffix.lower() == ".npy":
@@ -155,16 +155,41 @@ def _read_text_fast(path: Path, tab: bool = False) -> Table | None:
         columns, skip = [f"x{i}" for i in range(len(fields))], number - 1
     else:
         return None
+    # Into one array sized from the line count, a block of rows at a time: numpy's reader alone
+    # grows its result as it goes, peaking near twice the table.
+    # (Lines ended by '\r' alone are not counted: such a file overflows the array and goes to the
+    # exact reader.)
+    values = np.empty((max(_count_lines(path) - skip + 1, 1), len(columns)))
+    filled = 0
     try:
-        with warnings.catch_warnings():  # "input contained no data": the exact reader says it better
-            warnings.simplefilter("ignore", UserWarning)
-            values = np.loadtxt(path, delimiter=delimiter, comments=None, skiprows=skip, ndmin=2,
-                                encoding="utf-8-sig", dtype=np.float64)
+        with open(path, encoding="utf-8-sig") as handle, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data": the end of the file
+            for _ in range(skip):
+                handle.readline()
+            while True:
+                block = np.loadtxt(handle, delimiter=delimiter, comments=None, ndmin=2, dtype=np.float64,
+                                   max_rows=CHUNK_ROWS)
+                if block.shape[0] == 0:
+                    break
+                if block.shape[1] != len(columns) or filled + len(block) > len(values) \
+                        or not np.isfinite(block).all():
+                    return None
+                values[filled:filled + len(block)] = block
+                filled += len(block)
     except (ValueError, UnicodeDecodeError):
         return None
-    if values.shape[0] == 0 or values.shape[1] != len(columns) or not np.isfinite(values).all():
+    if filled == 0:
         return None
-    return Table(values, columns)
+    return Table(values[:filled] if filled < len(values) else values, columns)
+
+
+def _count_lines(path: Path) -> int:
+    """Newline characters in a file, read in blocks of 16 MiB."""
+    count = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 24):
+            count += block.count(b"\n")
+    return count
 
 
 def _decode(path: Path, raw: bytes) -> str:

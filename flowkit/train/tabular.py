@@ -27,6 +27,7 @@ from torch import Tensor
 from flowkit.bijectors.linear import block_moments
 from flowkit.flow import Flow
 from flowkit.io import atomic_write
+from flowkit.memory import trim_heap
 from flowkit.presets import build
 from flowkit.train.density import as_rows, fit_density
 from flowkit.train.result import FitResult
@@ -82,7 +83,7 @@ class TabularFit:
 
 
 @torch.no_grad()
-def mean_nll(flow: Flow, x: Tensor, context: Tensor | None = None, batch_size: int = 8192) -> float:
+def mean_nll(flow: Flow, x: Tensor, context: Tensor | None = None, batch_size: int = 2048) -> float:
     """Mean negative log-likelihood of the rows of ``x`` in nats per row (eval mode)."""
     was_training = flow.training
     flow.eval()
@@ -93,7 +94,8 @@ def mean_nll(flow: Flow, x: Tensor, context: Tensor | None = None, batch_size: i
 
 
 def gaussian_flow(x: Tensor, shrinkage: float = 0.0, context_features: int = 0,
-                  preprocessing: list[dict[str, Any]] | None = None) -> Flow:
+                  preprocessing: list[dict[str, Any]] | None = None,
+                  moments: tuple[Tensor, Tensor] | None = None) -> Flow:
     """The Gaussian with the rows' mean and (shrunk) covariance, as a flow: a ``Whitening`` layer
     over a standard normal base (behind the ``preprocessing`` layers, when given, and then the
     Gaussian of the rows after them).
@@ -108,21 +110,22 @@ def gaussian_flow(x: Tensor, shrinkage: float = 0.0, context_features: int = 0,
     # No transforms: the chain is the whitening layer alone, and the config rebuilds exactly that.
     flow = build("maf", features=x.shape[1], context_features=context_features, transforms=0,
                  whiten=True, preprocessing=preprocessing).to(x.dtype)
-    flow.bijector[-1].fit(preprocessed(x, preprocessing), shrinkage)
+    flow.bijector[-1].fit_moments(*(moments or preprocessed_moments(x, preprocessing)), shrinkage)
     return flow.eval()
 
 
-def preprocessed(x: Tensor, preprocessing: list[dict[str, Any]] | None) -> Tensor:
-    """The rows after the ``preprocessing`` layers in eval mode (integer columns at their cells'
-    centres): what the Gaussian behind them is fitted to."""
+def preprocessed_moments(x: Tensor, preprocessing: list[dict[str, Any]] | None) -> tuple[Tensor, Tensor]:
+    """Mean and covariance (``block_moments``) of the rows after the ``preprocessing`` layers in
+    eval mode (integer columns at their cells' centres): what the Gaussian behind them is fitted
+    to. A block at a time: a float64 copy of a large table would double its memory."""
     if not preprocessing:
-        return x
+        return block_moments(x.split(65_536))
     from flowkit.bijectors.base import Chain
     from flowkit.bijectors.preprocessing import make_preprocessing
 
     chain = Chain(make_preprocessing(preprocessing, x.shape[1])).eval()
-    with torch.no_grad():  # by blocks: a float64 copy of a large table would double its memory
-        return torch.cat([chain(block.to(torch.float64))[0].to(x.dtype) for block in x.split(65_536)])
+    with torch.no_grad():
+        return block_moments(chain(block.to(torch.float64))[0] for block in x.split(65_536))
 
 
 @torch.no_grad()
@@ -157,16 +160,19 @@ def fit_whitening(flow: Flow, x: Tensor, context: Tensor | None = None, shrinkag
         return y
 
     layers[-1].fit_moments(*block_moments(mapped(start) for start in range(0, x.shape[0], chunk)), shrinkage)
+    trim_heap()  # the blocks' memory
 
 
-def best_shrinkage(train: Tensor, validation: Tensor | None,
-                   preprocessing: list[dict[str, Any]] | None = None) -> tuple[float, float | None]:
+def best_shrinkage(train: Tensor, validation: Tensor | None, preprocessing: list[dict[str, Any]] | None = None,
+                   moments: tuple[Tensor, Tensor] | None = None) -> tuple[float, float | None]:
     """The shrinkage of the covariance towards its diagonal that scores best on ``validation``
-    (0 when the covariance is positive definite and there are no validation rows), and that score."""
+    (0 when the covariance is positive definite and there are no validation rows), and that score.
+    ``moments``: the training rows' ``preprocessed_moments``, if already taken."""
     best: tuple[float, float | None] = (math.nan, None)
+    moments = moments or preprocessed_moments(train, preprocessing)  # one pass over the rows for every shrinkage
     for shrinkage in SHRINKAGE_GRID:
         try:
-            flow = gaussian_flow(train, shrinkage, preprocessing=preprocessing)
+            flow = gaussian_flow(train, shrinkage, preprocessing=preprocessing, moments=moments)
         except ValueError:  # singular at this shrinkage: fewer rows than columns, collinear columns
             continue
         if validation is None:
@@ -185,24 +191,60 @@ def _split(rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarra
     return np.sort(order[held_out:]), np.sort(order[:held_out])
 
 
-def _seconds_per_step(flow: Flow, choice: Choice, data_args: dict[str, Any], device: torch.device) -> float:
-    """Wall-clock seconds of a training step of ``flow`` at the choice's batch size: the mean of
-    two steps of a copy after one warm-up step (which pays one-off allocations)."""
+def _copied(tensor: Tensor, given: Any) -> bool:
+    """Whether ``as_rows`` made ``tensor`` as a copy of ``given`` (rather than sharing its memory)."""
+    pointer = given.ctypes.data if isinstance(given, np.ndarray) else \
+        given.data_ptr() if isinstance(given, Tensor) else None
+    return tensor.data_ptr() != pointer
+
+
+def gather_in_place(x: Tensor, rows: np.ndarray, block: int = 65_536) -> Tensor:
+    """``x[rows]`` for increasing ``rows``, gathered into the first ``len(rows)`` rows of ``x``
+    itself (overwriting them) and returned as a view of them. Row ``k`` is taken from row
+    ``rows[k] >= k``, and each block is gathered into a temporary before it is written, so no row
+    is overwritten before it is read."""
+    rows = torch.as_tensor(rows)
+    for start in range(0, len(rows), block):
+        taken = rows[start:start + block]
+        x[start:start + len(taken)] = x[taken]
+    return x[:len(rows)]
+
+
+def _seconds_per_step(flow: Flow, choice: Choice, data_args: dict[str, Any], device: torch.device,
+                      forward_only: bool = False) -> float:
+    """Wall-clock seconds of a training step of ``flow`` at the choice's batch size (or of its
+    forward pass alone, without autograd): the mean of two steps of a copy after one warm-up step
+    (which pays one-off allocations)."""
     trial = copy.deepcopy(flow).to(device).train()
-    optimizer = torch.optim.Adam(trial.parameters(), lr=1e-6)
+    optimizer = None if forward_only else torch.optim.Adam(trial.parameters(), lr=1e-6)
     x, c = data_args["data"], data_args["context"]
     rows = min(choice.batch_size, x.shape[0])
     timings = []
     for _ in range(3):
         started = time.perf_counter()
-        loss = -trial(x[:rows].to(device), None if c is None else c[:rows].to(device)).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        with torch.set_grad_enabled(not forward_only):
+            loss = -trial(x[:rows].to(device), None if c is None else c[:rows].to(device)).mean()
+        if optimizer is not None:
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         timings.append(time.perf_counter() - started)
+    del trial, optimizer, loss
+    trim_heap()  # the freed blocks of a large body's steps would otherwise stay resident all the fit long
     return float(np.mean(timings[1:]))
+
+
+def _takes_steps(flow: Flow, choice: Choice, data_args: dict[str, Any], device: torch.device, seconds: float,
+                 steps: int) -> bool:
+    """Whether ``flow`` takes ``steps`` training steps in ``seconds``. A step costs at least twice
+    its forward pass (the backward pass costs at least as much again), so a body whose forward
+    pass alone is too slow is refused without a training step: a large body's step holds its
+    gradients, optimiser state and saved activations, hundreds of MiB of transient memory."""
+    if seconds / (2 * _seconds_per_step(flow, choice, data_args, device, forward_only=True)) < steps:
+        return False
+    return seconds / _seconds_per_step(flow, choice, data_args, device) >= steps
 
 
 def _sidecar(checkpoint: str | os.PathLike[str] | None) -> Path | None:
@@ -229,6 +271,7 @@ def fit_tabular(
     dtype: torch.dtype = torch.float32,
     announce: Callable[[str], None] | None = None,
     preprocessing: list[dict[str, Any]] | None = None,
+    consume: bool = False,
 ) -> TabularFit:
     """Fit a flow to the rows of ``data`` with a configuration chosen from its size.
 
@@ -257,6 +300,10 @@ def fit_tabular(
             ``flowkit.bijectors.preprocessing.make_preprocessing``) at the data end of every
             candidate and of the Gaussian; the whitening is fitted to the rows after them (in eval
             mode: integer columns at their cells' centres).
+        consume: ``data`` (and ``context``) may be overwritten: the training rows are gathered
+            inside their memory instead of into a copy (as they are anyway when ``data`` is not
+            already a CPU array of ``dtype``), which on a large table saves the copy's memory.
+            For callers that pass their last reference.
 
     Returns:
         A ``TabularFit``.
@@ -285,18 +332,24 @@ def fit_tabular(
     else:
         choices = candidates(rows, features, time_limit, context_features, overrides)
     train_rows, validation_rows = _split(rows, choices[0].validation_fraction, seed)
-    x_train, x_val = x[train_rows], x[validation_rows] if len(validation_rows) else None
-    c_train = None if c is None else c[train_rows]
+    x_val = x[validation_rows] if len(validation_rows) else None
     c_val = None if c is None or x_val is None else c[validation_rows]
+    x_train = gather_in_place(x, train_rows) if consume or _copied(x, data) else x[train_rows]
+    c_train = None if c is None else \
+        gather_in_place(c, train_rows) if consume or _copied(c, context) else c[train_rows]
     del data, context, x, c  # only the splits are used from here: a caller that passes its last reference frees it
 
-    shrinkage, _ = best_shrinkage(x_train, x_val, preprocessing)
-    gaussian = gaussian_flow(x_train, shrinkage, preprocessing=preprocessing).to(dtype)
+    moments = preprocessed_moments(x_train, preprocessing)
+    shrinkage, _ = best_shrinkage(x_train, x_val, preprocessing, moments)
+    gaussian = gaussian_flow(x_train, shrinkage, preprocessing=preprocessing, moments=moments).to(dtype)
+    trim_heap()  # the moments' blocks
     data_args = {"data": x_train, "context": c_train, "validation_data": x_val, "validation_context": c_val}
     target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           ("cpu" if device == "auto" else device))
 
-    def make(choice: Choice) -> Flow:
+    def make(choice: Choice, start: bool = True) -> Flow:
+        """The body of ``choice``, its whitening fitted to the rows (``start``: skipped for a body
+        that is only timed)."""
         torch.manual_seed(seed)
         arguments = {"features": features, "context_features": context_features, **choice.preset_arguments(seed)}
         try:
@@ -312,7 +365,8 @@ def fit_tabular(
                     raise
                 raise ValueError(f"{choice.preset} has no flowkit chain to hold the preprocessing layers "
                                  "(integer or bounded columns); choose a flowkit preset") from None
-        fit_whitening(flow.eval() if preprocessing else flow, x_train, c_train, shrinkage)  # eval: cell centres
+        if start:
+            fit_whitening(flow.eval() if preprocessing else flow, x_train, c_train, shrinkage)  # eval: cell centres
         return flow.train()
 
     def train(flow: Flow, choice: Choice, budget: float | None, **extra: Any) -> FitResult:
@@ -331,20 +385,20 @@ def fit_tabular(
         return _finish(flow, initial[id(flow)], result, choice, gaussian, data_args, train_rows, validation_rows,
                        started, shrinkage)
 
+    if time_limit is not None and rows >= RACE_MAX_ROWS and not fixes_structure(overrides):
+        # Too many rows to race: the body the row count suggests, unless it is too slow for the
+        # budget to take MIN_FINAL_STEPS steps; then the largest smaller body that can.
+        rung, body = rung_for(rows), make(choices[0], start=False)
+        while rung > 0 and not _takes_steps(body, choices[0], data_args, target, left(), MIN_FINAL_STEPS):
+            rung -= 1
+            choices = [choose(rows, features, time_limit, context_features, overrides, rung)]
+            choices[0].reasons["size"] += f", the largest that takes {MIN_FINAL_STEPS} steps in the time limit"
+            body = make(choices[0], start=False)
+        del body
     flows = [make(choice) for choice in choices]
     # Each flow's start (the Gaussian, for whitened flows), to fall back on if it never beats it.
     start_of = lambda flow: copy.deepcopy(flow.state_dict()) if flow.config.get("whiten") else None
     initial = {id(flow): start_of(flow) for flow in flows}
-    if time_limit is not None and rows >= RACE_MAX_ROWS and not fixes_structure(overrides):
-        # Too many rows to race: the body the row count suggests, unless it is too slow for the
-        # budget to take MIN_FINAL_STEPS steps; then the largest smaller body that can.
-        rung = rung_for(rows)
-        while rung > 0 and left() / _seconds_per_step(flows[0], choices[0], data_args, target) < MIN_FINAL_STEPS:
-            rung -= 1
-            choices = [choose(rows, features, time_limit, context_features, overrides, rung)]
-            choices[0].reasons["size"] += f", the largest that takes {MIN_FINAL_STEPS} steps in the time limit"
-            flows = [make(choices[0])]
-            initial = {id(flows[0]): start_of(flows[0])}
     winner, result = 0, None
     race_steps = None
     if len(choices) > 1 and time_limit is not None:

@@ -1,0 +1,83 @@
+"""Keeping the resident memory of a fit on a large table down: the table standardised into
+float32 inside its own float64 buffer, and memory no longer used handed back to the system.
+
+``flowkit fit`` reads a table as float64 (exact moments, exact integer and bound checks) and
+trains on float32. Converting into a second array would hold both at once: 1.5x the float64
+data on top of everything else, the peak of a fit on a million rows. Written over the float64
+buffer instead, the float32 rows occupy its first half; the pages of the second half are then
+released (``madvise``), so the table costs its float32 size from there on.
+
+glibc's allocator also keeps the memory of freed mid-sized blocks (under its mmap threshold,
+which grows to 32 MiB) for reuse: after a large body's trial steps that is 100+ MiB the process
+keeps but no longer uses, until ``trim_heap`` returns it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import sys
+
+import numpy as np
+
+MADV_DONTNEED = 4  # Linux: the pages are dropped now and read back as zeros if touched again
+
+
+def release_pages(array: np.ndarray, start_byte: int) -> int:
+    """Give the whole pages of ``array``'s memory from ``start_byte`` (an offset into it) to its
+    end back to the operating system; returns how many bytes. Their contents are lost (zeros),
+    so nothing may read that part of ``array`` again. Does nothing (returns 0) off Linux."""
+    if not array.flags.c_contiguous:
+        return 0
+    address = array.__array_interface__["data"][0]
+    first = -(-(address + start_byte) // mmap.PAGESIZE) * mmap.PAGESIZE  # round up to a page
+    last = (address + array.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE  # round down
+    if last <= first:
+        return 0
+    libc = _libc()
+    if libc is None or not hasattr(libc, "madvise"):  # the memory simply stays
+        return 0
+    done = libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), ctypes.c_int(MADV_DONTNEED))
+    return last - first if done == 0 else 0
+
+
+def standardize_in_place(values: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                         block_rows: int = 65_536) -> np.ndarray:
+    """``((values - mean) / std)`` as float32, written over ``values``' own buffer, which is then
+    half released: ``values`` is consumed and must not be used again (nor any view of it).
+
+    Computed in float64 a block of rows at a time. Block k's float32 rows end at byte
+    ``4 * end * columns``, before the float64 rows not yet read (from ``8 * end * columns``), and
+    each block is computed into a temporary before it is written, so no row is overwritten
+    before it is read.
+
+    Example:
+        >>> values = np.arange(12.0).reshape(6, 2)
+        >>> expected = ((values - values.mean(0)) / values.std(0)).astype(np.float32)
+        >>> out = standardize_in_place(values, values.mean(0), values.std(0), block_rows=2)
+        >>> out.dtype, bool(np.array_equal(out, expected))
+        (dtype('float32'), True)
+    """
+    if values.dtype != np.float64 or values.ndim != 2 or not values.flags.c_contiguous or not values.flags.writeable:
+        raise ValueError("standardize_in_place needs a writeable, C-contiguous 2-D float64 array")
+    rows, columns = values.shape
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    out = values.reshape(-1).view(np.float32)[:rows * columns].reshape(rows, columns)
+    for start in range(0, rows, block_rows):
+        out[start:start + block_rows] = (values[start:start + block_rows] - mean) / std
+    release_pages(values, out.nbytes)
+    return out
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+    except OSError:
+        return None
+
+
+def trim_heap() -> None:
+    """Return the free memory glibc's heap holds to the system (``malloc_trim``); nothing elsewhere."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(ctypes.c_size_t(0))
