@@ -90,7 +90,13 @@ class MaskedAutoregressive(Bijector):
         key = Workspace.key(self.made, z, context)
         if self._workspace is None or self._workspace.key_ != key:
             self._workspace = Workspace(self.made, z, context is not None)
-        return self._workspace.solve(z, self._compiled_step or self.transformer.inverse, context)
+        if self._compiled_step is not None:  # the compiled step fuses each feature's log-det already
+            return self._workspace.solve(z, self._compiled_step, context)
+        # A transformer with its own lean ``inverse_into`` (affine) defers the log-dets to one call
+        # at the end; for a spline that call on every feature costs more than it saves.
+        lean = type(self.transformer).inverse_into is not Transformer.inverse_into
+        return self._workspace.solve(z, self.transformer.inverse, context,
+                                     into=self.transformer.inverse_into if lean else None)
 
     def compile_inverse(self, backend: str = "inductor") -> None:
         """Run each feature's transformer inverse in sampling through ``torch.compile``.

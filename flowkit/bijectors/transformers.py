@@ -36,6 +36,12 @@ class Transformer:
         """Return ``(x, elementwise log|dx/dy|)``."""
         raise NotImplementedError
 
+    def inverse_into(self, y: Tensor, params: Tensor, out: Tensor) -> None:
+        """Write ``inverse(y, params)[0]`` into ``out`` (no gradient): sampling's per-feature step,
+        which takes the log-dets of all features afterwards. Transformers override it with fewer
+        ops where they can."""
+        out.copy_(self.inverse(y, params)[0])
+
     def config(self) -> dict:
         """Constructor arguments, so a saved model can rebuild the transformer."""
         return {}
@@ -64,7 +70,7 @@ class Affine(Transformer):
         self._offset = math.log(math.expm1(1.0 - min_scale))
 
     def _shift_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        shift, unconstrained = params[..., 0], params[..., 1]
+        shift, unconstrained = params.unbind(-1)  # one op for both views (sampling is dispatch-bound)
         return shift, F.softplus(unconstrained + scalar(self._offset, params)) + scalar(self.min_scale, params)
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
@@ -74,6 +80,10 @@ class Affine(Transformer):
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, scale = self._shift_scale(params)
         return (y - shift) / scale, torch.log(scale).neg()
+
+    def inverse_into(self, y: Tensor, params: Tensor, out: Tensor) -> None:
+        shift, scale = self._shift_scale(params)
+        torch.div(torch.sub(y, shift), scale, out=out)
 
     def config(self) -> dict:
         return {"min_scale": self.min_scale}
