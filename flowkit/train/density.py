@@ -151,7 +151,7 @@ def fit_density(
         progress: ``"auto"``, ``"bar"``, ``"lines"``, or False.
         metrics_csv: CSV file with one row per epoch.
         tensorboard_dir: folder for TensorBoard scalars.
-        validation_batch_size: rows per chunk of validation (default ``max(batch_size, 4096)``).
+        validation_batch_size: rows per chunk of validation (default ``max(batch_size, 2048)``).
         checkpoint_interval: least seconds between two epoch-end checkpoints (stops always save).
         compile: train through ``torch.compile`` of the flow's ``log_prob`` (worth it on GPU for
             long runs; compiling takes tens of seconds). Validation runs uncompiled.
