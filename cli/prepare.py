@@ -11,7 +11,7 @@ from flowkit_cli.tables import ModelColumns, align
 
 from flowkit.data.columns import ColumnRoles, check_bounds, column_roles, take_columns
 from flowkit.data.tabular import DataError, Standardizer, Table
-from flowkit.memory import standardize_in_place
+from flowkit.memory import can_standardize_in_place, standardize_in_place
 
 
 def column_options(command):
@@ -59,10 +59,8 @@ class PreparedTable:
         buffer and half of it released (``standardize_in_place``): the values are consumed, and
         from here only the returned sample (and the file) hold the data in its units. A million
         rows would otherwise hold the float64 table and its float32 copy at once."""
-        picture = self.sample(picture_rows, seed)
-        values = self.values
-        if picture is self or values.dtype != np.float64 or not values.flags.c_contiguous \
-                or not values.flags.writeable:
+        picture, values = self.sample(picture_rows, seed), self.values
+        if picture is self or not can_standardize_in_place(values):
             return self.x, self.c, picture
         c = self.c
         self.values = None  # consumed: nothing may read it again

@@ -9,7 +9,7 @@ import math
 import click
 import torch
 
-from flowkit.train.tabular import mean_nll
+from flowkit.train.gaussian_start import mean_nll
 
 
 def nll_summary(fitted, prepared, test: tuple | None = None) -> dict:

@@ -1,5 +1,6 @@
 """Keeping the resident memory of a fit on a large table down: the table standardised into
-float32 inside its own float64 buffer, and memory no longer used handed back to the system.
+float32 inside its own float64 buffer, the training rows gathered inside the array they come
+from (``gather_in_place``), and memory no longer used handed back to the system.
 
 ``flowkit fit`` reads a table as float64 (exact moments, exact integer and bound checks) and
 trains on float32. Converting into a second array would hold both at once: 1.5x the float64
@@ -17,8 +18,11 @@ from __future__ import annotations
 import ctypes
 import mmap
 import sys
+from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
 
 MADV_DONTNEED = 4  # Linux: the pages are dropped now and read back as zeros if touched again
 
@@ -41,6 +45,11 @@ def release_pages(array: np.ndarray, start_byte: int) -> int:
     return last - first if done == 0 else 0
 
 
+def can_standardize_in_place(values: np.ndarray) -> bool:
+    """Whether ``standardize_in_place`` can write over ``values``."""
+    return values.dtype == np.float64 and values.ndim == 2 and values.flags.c_contiguous and values.flags.writeable
+
+
 def standardize_in_place(values: np.ndarray, mean: np.ndarray, std: np.ndarray,
                          block_rows: int = 65_536) -> np.ndarray:
     """``((values - mean) / std)`` as float32, written over ``values``' own buffer, which is then
@@ -58,7 +67,7 @@ def standardize_in_place(values: np.ndarray, mean: np.ndarray, std: np.ndarray,
         >>> out.dtype, bool(np.array_equal(out, expected))
         (dtype('float32'), True)
     """
-    if values.dtype != np.float64 or values.ndim != 2 or not values.flags.c_contiguous or not values.flags.writeable:
+    if not can_standardize_in_place(values):
         raise ValueError("standardize_in_place needs a writeable, C-contiguous 2-D float64 array")
     rows, columns = values.shape
     mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
@@ -81,3 +90,22 @@ def trim_heap() -> None:
     libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(ctypes.c_size_t(0))
+
+
+def copied(tensor: Tensor, given: Any) -> bool:
+    """Whether ``as_rows`` made ``tensor`` as a copy of ``given`` (rather than sharing its memory)."""
+    pointer = given.ctypes.data if isinstance(given, np.ndarray) else \
+        given.data_ptr() if isinstance(given, Tensor) else None
+    return tensor.data_ptr() != pointer
+
+
+def gather_in_place(x: Tensor, rows: np.ndarray, block: int = 65_536) -> Tensor:
+    """``x[rows]`` for increasing ``rows``, gathered into the first ``len(rows)`` rows of ``x``
+    itself (overwriting them) and returned as a view of them. Row ``k`` is taken from row
+    ``rows[k] >= k``, and each block is gathered into a temporary before it is written, so no row
+    is overwritten before it is read."""
+    rows = torch.as_tensor(rows)
+    for start in range(0, len(rows), block):
+        taken = rows[start:start + block]
+        x[start:start + len(taken)] = x[taken]
+    return x[:len(rows)]

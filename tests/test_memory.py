@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from flowkit.data.tabular import Standardizer, Table, read_table
-from flowkit.memory import release_pages, standardize_in_place
-from flowkit.train.tabular import fit_tabular, gather_in_place
+from flowkit.memory import gather_in_place, release_pages, standardize_in_place
+from flowkit.train.tabular import fit_tabular
 
 
 def anonymous_rss_kib() -> int:

@@ -13,7 +13,8 @@ from scipy import stats
 from flowkit.bijectors.preprocessing import Bounds, Dequantize, preprocessing_layers
 from flowkit.presets import build
 from flowkit.scoring import log_density, mean_and_standard_error
-from flowkit.train.tabular import fit_tabular, gaussian_flow
+from flowkit.train.gaussian_start import gaussian_flow
+from flowkit.train.tabular import fit_tabular
 
 
 def test_dequantize_adds_noise_in_training_and_the_centre_in_eval() -> None:

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import flowkit
+from flowkit.train.gaussian_start import best_shrinkage, fit_whitening, gaussian_flow, mean_nll
 from flowkit.train.sizing import choose
-from flowkit.train.tabular import best_shrinkage, fit_tabular, fit_whitening, gaussian_flow, mean_nll
+from flowkit.train.tabular import fit_tabular
 
 
 def correlated(rows: int, features: int, seed: int = 0) -> torch.Tensor:
