@@ -10,16 +10,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-import torch
 from torch import nn
+
+from flowkit.train.adamw import AdamW
 
 SCHEDULES: tuple[str, ...] = ("cosine", "constant", "linear")
 
 
 def make_optimizer(
     parameters: Iterable[nn.Parameter], learning_rate: float, weight_decay: float = 0.0
-) -> torch.optim.AdamW:
-    """AdamW over ``parameters``, with the fused kernel on CPU and CUDA.
+) -> AdamW:
+    """AdamW over ``parameters``, with the fused kernel on CPU and CUDA (``flowkit.train.adamw``).
 
     The fused kernel updates all tensors in one pass; on the small networks of a flow the
     optimiser step is a large share of a training step (measured 1.6x faster steps on CPU than
@@ -37,14 +38,12 @@ def make_optimizer(
         raise ValueError("the model has no trainable parameters")
     if learning_rate <= 0:
         raise ValueError(f"learning_rate must be positive, got {learning_rate}")
-    fused = all(p.device.type in ("cpu", "cuda") for p in parameters)
     by_scale: dict[float, list[nn.Parameter]] = {}
     for parameter in parameters:  # one group per multiple of the rate (the posterior head's asks for one)
         by_scale.setdefault(getattr(parameter, "lr_scale", None) or 1.0, []).append(parameter)
     if len(by_scale) > 1:
         parameters = [{"params": group, "lr_scale": scale} for scale, group in by_scale.items()]
-    return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay,
-                             fused=True if fused else None, foreach=None if fused else True)
+    return AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
 
 
 class Schedule:
@@ -67,7 +66,7 @@ class Schedule:
 
     def __init__(
         self,
-        optimizer: torch.optim.Optimizer,
+        optimizer: AdamW,
         learning_rate: float,
         total_steps: int,
         kind: str = "cosine",
