@@ -183,7 +183,8 @@ def _check_weights(flow: Flow, state: dict[str, torch.Tensor], preset: str | Non
     """Weights that fit the architecture: finite, with the same names and shapes. Says what differs
     where ``load_state_dict`` would say only that something does (on lines of its own)."""
     expected = {name: tuple(value.shape) for name, value in flow.state_dict().items()}
-    found = {name: tuple(value.shape) for name, value in state.items()}
+    derived = {name for name, _ in flow.named_buffers()} - set(expected)  # older files saved some of these
+    found = {name: tuple(value.shape) for name, value in state.items() if name not in derived}
     problems = [f"no {name}" for name in expected if name not in found]
     problems += [f"unexpected {name}" for name in found if name not in expected]
     problems += [f"{name} has shape {found[name]}, expected {expected[name]}"

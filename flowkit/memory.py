@@ -92,6 +92,19 @@ def trim_heap() -> None:
         libc.malloc_trim(ctypes.c_size_t(0))
 
 
+def scoring_rows(model: torch.nn.Module, at_least: int = 1) -> int:
+    """Rows per chunk of a pass without autograd (validation, scoring) through ``model``: up to
+    2,048, so a small flow pays little per call, but at most ``2**31 / parameters``, so a large
+    body's activations stay a few MiB (541 rows at four million parameters), and ``at_least``.
+
+    Example:
+        >>> scoring_rows(torch.nn.Linear(10, 10)), scoring_rows(torch.nn.Linear(2000, 2000), at_least=512)
+        (2048, 536)
+    """
+    parameters = sum(p.numel() for p in model.parameters())
+    return max(at_least, min(2048, 2**31 // max(parameters, 1)))
+
+
 def copied(tensor: Tensor, given: Any) -> bool:
     """Whether ``as_rows`` made ``tensor`` as a copy of ``given`` (rather than sharing its memory)."""
     pointer = given.ctypes.data if isinstance(given, np.ndarray) else \

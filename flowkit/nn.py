@@ -80,11 +80,22 @@ class MaskedLinear(nn.Linear):
     def __init__(self, in_degrees: Tensor, out_degrees: Tensor, strict: bool = False) -> None:
         super().__init__(len(in_degrees), len(out_degrees))
         allowed = out_degrees[:, None] > in_degrees if strict else out_degrees[:, None] >= in_degrees
-        self.register_buffer("mask", allowed.to(self.weight.dtype))
+        # Derived from the degrees, so not part of the state: copies of the state (checkpoints,
+        # best and roll-back weights) would otherwise hold a second matrix of the weight's size.
+        self.register_buffer("mask", allowed.to(self.weight.dtype), persistent=False)
         self.register_buffer("degrees", out_degrees.clone())
+        self._register_load_state_dict_pre_hook(_take_saved_mask, with_module=True)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight * self.mask, self.bias)
+
+
+def _take_saved_mask(layer: MaskedLinear, state_dict: dict, prefix: str, *args: object) -> None:
+    """States written before the mask was derived hold it: it is used, and leaves the state."""
+    saved = state_dict.pop(prefix + "mask", None)
+    if saved is not None:
+        with torch.no_grad():
+            layer.mask.copy_(saved)
 
 
 def input_degrees(features: int, order: str | Sequence[int] | None, seed: int) -> Tensor:

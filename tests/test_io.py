@@ -126,3 +126,25 @@ def test_refuses_damaged_contents_with_a_reason(tmp_path: Path) -> None:
         with pytest.raises(ModelFileError, match=message) as error:
             load_model(tmp_path / name)
         assert "\n" not in str(error.value) and str(error.value).startswith(str(tmp_path / name))
+
+
+def test_masks_are_derived_not_saved_and_older_files_with_masks_still_load(tmp_path: Path) -> None:
+    """MADE masks follow from the degrees: model files, checkpoints and in-memory copies of the
+    state leave them out (each would be a second matrix of the weights' size). Files written
+    when masks were saved load, and give the same densities."""
+    torch.manual_seed(0)
+    flow = flowkit.build("maf", features=4, transforms=2, hidden_features=[16, 16])
+    masks = {name: buffer for name, buffer in flow.named_buffers() if name.endswith(".mask")}
+    assert masks and not set(masks) & set(flow.state_dict())
+    save_model(tmp_path / "new.flowkit", flow)
+    archive = torch.load(tmp_path / "new.flowkit", weights_only=True)
+    archive["state_dict"].update({name: mask.clone() for name, mask in masks.items()})
+    torch.save(archive, tmp_path / "old.flowkit")
+    x = torch.randn(16, 4)
+    for name in ("new.flowkit", "old.flowkit"):
+        loaded, _, _ = load_model(tmp_path / name)
+        torch.testing.assert_close(loaded.log_prob(x), flow.eval().log_prob(x), rtol=0, atol=0)
+    # the same for a plain load_state_dict (a checkpoint resumed across versions)
+    again = flowkit.build("maf", features=4, transforms=2, hidden_features=[16, 16], seed=1)
+    again.load_state_dict(archive["state_dict"])
+    torch.testing.assert_close(again.eval().log_prob(x), flow.log_prob(x), rtol=0, atol=0)

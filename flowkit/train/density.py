@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from flowkit.memory import scoring_rows
 from flowkit.train import distributed as dist_tools
 from flowkit.train import losses, precision
 from flowkit.train.loop import LoopConfig, train_loop
@@ -151,7 +152,8 @@ def fit_density(
         progress: ``"auto"``, ``"bar"``, ``"lines"``, or False.
         metrics_csv: CSV file with one row per epoch.
         tensorboard_dir: folder for TensorBoard scalars.
-        validation_batch_size: rows per chunk of validation (default ``max(batch_size, 2048)``).
+        validation_batch_size: rows per chunk of validation (default ``flowkit.memory.scoring_rows``:
+            2,048 rows, fewer for a large flow, and at least ``batch_size``).
         checkpoint_interval: least seconds between two epoch-end checkpoints (stops always save).
         compile: train through ``torch.compile`` of the flow's ``log_prob`` (worth it on GPU for
             long runs; compiling takes tens of seconds). Validation runs uncompiled.
@@ -255,7 +257,7 @@ def fit_density(
 
         validate = None
         if validation_x is not None:
-            chunk = validation_batch_size or max(batch_size, 2048)
+            chunk = validation_batch_size or scoring_rows(flow, batch_size)
 
             def validate() -> float:
                 flow.eval()

@@ -14,14 +14,16 @@ from torch import Tensor
 
 from flowkit.bijectors.linear import block_moments
 from flowkit.flow import Flow
-from flowkit.memory import trim_heap
+from flowkit.memory import scoring_rows, trim_heap
 from flowkit.presets import build
 from flowkit.train.sizing import SHRINKAGE_GRID
 
 
 @torch.no_grad()
-def mean_nll(flow: Flow, x: Tensor, context: Tensor | None = None, batch_size: int = 2048) -> float:
-    """Mean negative log-likelihood of the rows of ``x`` in nats per row (eval mode)."""
+def mean_nll(flow: Flow, x: Tensor, context: Tensor | None = None, batch_size: int | None = None) -> float:
+    """Mean negative log-likelihood of the rows of ``x`` in nats per row (eval mode), in chunks of
+    ``batch_size`` rows (by default ``flowkit.memory.scoring_rows``)."""
+    batch_size = batch_size or scoring_rows(flow)
     was_training = flow.training
     flow.eval()
     try:

@@ -16,10 +16,10 @@ from torch import Tensor, nn
 class BufferGuard:
     """Restores the buffers a skipped step changed to their values before that step.
 
-    It keeps a shadow copy of every buffer (a flow's buffers are small: masks, permutations,
-    running statistics) and tells which buffers a step touched from their version counters,
-    which in-place writes bump. So a step copies only what it changed (running statistics) and
-    costs no device synchronisation. Buffers are handled per module: torch's own batch norm
+    It keeps a shadow copy of every persistent buffer (permutations, running statistics) and
+    tells which buffers a step touched from their version counters, which in-place writes bump.
+    So a step copies only what it changed (running statistics) and costs no device
+    synchronisation. Buffers are handled per module: torch's own batch norm
     updates its running statistics inside the kernel without bumping their version, but bumps
     ``num_batches_tracked`` beside them.
 
@@ -34,7 +34,10 @@ class BufferGuard:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        groups = [list(module.buffers(recurse=False)) for module in model.modules()]
+        # Non-persistent buffers are derived from the configuration (masks, index tables), never
+        # written by a step; shadowing them would double the memory of a MADE's masks.
+        groups = [[buffer for name, buffer in module.named_buffers(recurse=False)
+                   if name not in module._non_persistent_buffers_set] for module in model.modules()]
         self.groups = [group for group in groups if group]
         self.shadows = [[buffer.detach().clone() for buffer in group] for group in self.groups]
         self.versions = [self._versions(group) for group in self.groups]
