@@ -128,8 +128,8 @@ def _foreach_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Te
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-    for p, exp_avg, exp_avg_sq, step in zip(params, exp_avgs, exp_avg_sqs, steps):
-        count = float(step)
+    counts = torch.stack(steps).tolist()  # one device sync for the whole group
+    for p, exp_avg, exp_avg_sq, count in zip(params, exp_avgs, exp_avg_sqs, counts):
         bias1, bias2 = 1 - beta1 ** count, 1 - beta2 ** count
         denominator = (exp_avg_sq.sqrt() / bias2 ** 0.5).add_(eps)
         p.addcdiv_(exp_avg, denominator, value=-lr / bias1)
