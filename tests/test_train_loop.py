@@ -237,3 +237,20 @@ def test_an_infinite_buffer_is_not_mistaken_for_bad_weights() -> None:
     config = LoopConfig(total_steps=4, steps_per_record=2, learning_rate=0.01, progress=False)
     result = train_loop(model, lambda step: (model(torch.ones(4, 2)).square().mean(), 4), config)
     assert result.stopped == "completed" and result.rollbacks == 0 and result.skipped_steps == 0
+
+
+def test_the_buffer_guard_shadows_state_not_derived_buffers() -> None:
+    """Persistent buffers (running statistics) are shadowed and restored; derived ones (a MADE's
+    masks, non-persistent) are not copied, since no step writes them."""
+    from flowkit.train.guard import BufferGuard
+
+    flow = flowkit.build("maf", features=3, transforms=2, hidden_features=[8, 8])
+    norm = torch.nn.BatchNorm1d(3)
+    guard = BufferGuard(torch.nn.ModuleList([flow, norm]))
+    shadowed = {id(buffer) for group in guard.groups for buffer in group}
+    masks = [buffer for name, buffer in flow.named_buffers() if name.endswith(".mask")]
+    assert masks and not any(id(mask) in shadowed for mask in masks)
+    assert id(norm.running_mean) in shadowed
+    norm.train()(torch.randn(16, 3) + 5.0)  # a step's forward pass writes the statistics
+    guard.revert()
+    assert torch.equal(norm.running_mean, torch.zeros(3))
