@@ -28,10 +28,10 @@ from flowkit.flow import Flow
 from flowkit.io import atomic_write
 from flowkit.memory import copied, gather_in_place, trim_heap
 from flowkit.presets import build
-from flowkit.train.adamw import AdamW
 from flowkit.train.density import as_rows, fit_density
 from flowkit.train.gaussian_start import best_shrinkage, fit_whitening, gaussian_flow, mean_nll, preprocessed_moments
 from flowkit.train.result import FitResult
+from flowkit.train.schedule import make_optimizer
 from flowkit.train.sizing import (
     MIN_FINAL_STEPS,
     RACE_MAX_ROWS,
@@ -94,7 +94,7 @@ def _seconds_per_step(flow: Flow, choice: Choice, data_args: dict[str, Any], dev
     forward pass alone, without autograd): the mean of two steps of a copy after one warm-up step
     (which pays one-off allocations)."""
     trial = copy.deepcopy(flow).to(device).train()
-    optimizer = None if forward_only else AdamW(trial.parameters(), lr=1e-6)
+    optimizer = None if forward_only else make_optimizer(trial.parameters(), 1e-6)  # the fit's own
     x, c = data_args["data"], data_args["context"]
     rows = min(choice.batch_size, x.shape[0])
     timings = []
