@@ -97,18 +97,17 @@ class Flow(nn.Module):
     def rsample(self, num_samples: int, context: Tensor | None = None) -> Tensor:
         """Samples through which gradients reach every parameter (pathwise)."""
         context = self._check_context(context, num_samples)
-        x, _ = self.bijector.inverse(self.base.rsample(num_samples), context)
-        return x
+        return self.bijector.inverse_without_log_det(self.base.rsample(num_samples), context)
 
     def sample(self, num_samples: int, context: Tensor | None = None, batch_size: int | None = None) -> Tensor:
         """Samples without gradients; ``batch_size`` draws them in chunks of that size."""
         context = self._check_context(context, num_samples)
         with torch.no_grad():
             if batch_size is None:
-                return self.bijector.inverse(self.base.sample(num_samples), context)[0]
+                return self.bijector.inverse_without_log_det(self.base.sample(num_samples), context)
             return _chunked(
-                lambda i, j: self.bijector.inverse(
-                    self.base.sample(j - i), None if context is None else context[i:j])[0],
+                lambda i, j: self.bijector.inverse_without_log_det(
+                    self.base.sample(j - i), None if context is None else context[i:j]),
                 num_samples, batch_size,
             )
 

@@ -59,14 +59,14 @@ def test_fast_inverse_equals_reference(transformer: str, context_features: int, 
 def test_blocked_workspace_equals_reference(block: int, transformer: str, context_features: int, order,
                                             residual: bool, deferred: bool) -> None:
     """Every block size: block updates (wide products into later units) and in-block steps together
-    add exactly the contributions of the unblocked step-by-step solve; with ``inverse_into`` the
+    add exactly the contributions of the unblocked step-by-step solve; with ``inverse_writer`` the
     steps write x in place and the log-dets of all features come from one call at the end."""
     layer = make_layer(TRANSFORMERS[transformer](), context_features, order, residual)
     z = 2 * torch.randn(30, 6, dtype=torch.float64)
     context = torch.randn(30, context_features, dtype=torch.float64) if context_features else None
     workspace = Workspace(layer.made, z, context is not None, block=block)
     with torch.no_grad():
-        into = layer.transformer.inverse_into if deferred else None
+        into = layer.transformer.inverse_writer(z[:, 0]) if deferred else None
         x, log_det = workspace.solve(z, layer.transformer.inverse, context, into=into)
         updates = sum(len(step[3]) > 0 for step in workspace.plan)
     assert updates == (5 // block if block < 6 else 0), "each finished block but the last updates later units"

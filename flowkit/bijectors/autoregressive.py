@@ -17,7 +17,7 @@ from torch import Tensor
 
 from flowkit.bijectors.autoregressive_solve import Step, Workspace, solve
 from flowkit.bijectors.base import Bijector
-from flowkit.bijectors.transformers import Transformer
+from flowkit.bijectors.transformers import Transformer, Writer
 from flowkit.nn import MADE
 
 
@@ -62,6 +62,7 @@ class MaskedAutoregressive(Bijector):
         self.made = MADE(features, transformer.num_params, hidden_features, context_features,
                          order=order, seed=seed, residual=residual)
         self._workspace: Workspace | None = None
+        self._writer: Writer | None = None
         self._compiled_step: Step | None = None
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -81,22 +82,32 @@ class MaskedAutoregressive(Bijector):
         buffers and a plan of views, rebuilt only when the batch size, dtype, device or parameter
         storage changes.
         """
-        if torch.is_grad_enabled() and (
+        if self._needs_gradient(z, context):
+            return solve(self.made, z, self.transformer.inverse, context)
+        return self._solve_without_gradient(z, context, log_det=True)
+
+    def inverse_without_log_det(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        if self._needs_gradient(z, context):
+            return solve(self.made, z, self.transformer.inverse, context)[0]
+        return self._solve_without_gradient(z, context, log_det=False)[0]
+
+    def _needs_gradient(self, z: Tensor, context: Tensor | None) -> bool:
+        return torch.is_grad_enabled() and (
             z.requires_grad
             or (context is not None and context.requires_grad)
             or any(parameter.requires_grad for parameter in self.made.parameters())
-        ):
-            return solve(self.made, z, self.transformer.inverse, context)
+        )
+
+    def _solve_without_gradient(self, z: Tensor, context: Tensor | None, log_det: bool) -> tuple[Tensor, Tensor | None]:
         key = Workspace.key(self.made, z, context)
         if self._workspace is None or self._workspace.key_ != key:
             self._workspace = Workspace(self.made, z, context is not None)
+            self._writer = self.transformer.inverse_writer(z[:, 0])
         if self._compiled_step is not None:  # the compiled step fuses each feature's log-det already
             return self._workspace.solve(z, self._compiled_step, context)
-        # A transformer with its own lean ``inverse_into`` (affine) defers the log-dets to one call
-        # at the end; for a spline that call on every feature costs more than it saves.
-        lean = type(self.transformer).inverse_into is not Transformer.inverse_into
-        return self._workspace.solve(z, self.transformer.inverse, context,
-                                     into=self.transformer.inverse_into if lean else None)
+        # Each step writes its feature with the transformer's lean writer; the log-dets of all
+        # features, where wanted, come from one vectorised call at the end.
+        return self._workspace.solve(z, self.transformer.inverse, context, into=self._writer, log_det=log_det)
 
     def compile_inverse(self, backend: str = "inductor") -> None:
         """Run each feature's transformer inverse in sampling through ``torch.compile``.

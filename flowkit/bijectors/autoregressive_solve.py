@@ -203,14 +203,15 @@ class Workspace:
         self.output.copy_(self.output_bias)
 
     def solve(self, target: Tensor, step: Step, context: Tensor | None,
-              into: Callable[[Tensor, Tensor, Tensor], None] | None = None) -> tuple[Tensor, Tensor]:
+              into: Callable[[Tensor, Tensor, Tensor], None] | None = None,
+              log_det: bool = True) -> tuple[Tensor, Tensor | None]:
         """``x`` and the summed log-det of ``step``, as :func:`solve`.
 
-        With ``into(y, params, out)`` (a transformer's ``inverse_into``), each step writes its
+        With ``into(y, params, out)`` (a transformer's ``inverse_writer``), each step writes its
         feature straight into place and takes no log-det; the log-dets of every feature come
         from one call of ``step`` on all of them at the end, whose parameters the output buffer
-        still holds. At batch 512 a step is a dozen or so tiny dispatch-bound ops, so the three
-        it saves (log, negation, accumulation) and the copy are a quarter of an affine step.
+        still holds, or not at all with ``log_det=False`` (the second result is then None). At
+        batch 512 a step is dispatch-bound, so every op a step saves counts.
         """
         self._reset(context)
         index = self.made.order_index
@@ -223,7 +224,7 @@ class Workspace:
                 if product is not None:
                     out.addmm_(*product)
                 if self.in_place_relu:
-                    out.clamp_(min=0)
+                    out.relu_()  # cheaper to dispatch than clamp_(min=0)
                 else:
                     out.copy_(activation(out))
                 if residual is not None:
@@ -238,7 +239,7 @@ class Workspace:
                 total += log_det
             for accumulator, weight, inputs in updates:
                 accumulator.addmm_(weight, inputs)
-        if total is None:
+        if total is None and log_det:
             features, num_params = self.made.features, self.made.num_params
             every = self.output.view(features, num_params, -1).permute(0, 2, 1)  # (step, batch, parameter)
             total = step(target_rows, every)[1].sum(0)

@@ -3,7 +3,8 @@
 Every bijector maps data to latent in ``forward`` (the normalizing direction) and latent to data
 in ``inverse``. Both return ``(output, log_det)`` where ``log_det`` has shape ``(batch,)``, is
 summed over features, and is the log-determinant of the map that method computes, so the inverse's
-is minus the forward's. There is no second way to get a log-det.
+is minus the forward's. There is no second way to get a log-det; ``inverse_without_log_det`` is a
+way not to compute one where the caller would discard it (sampling).
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class Bijector(nn.Module):
         """Map latent ``z`` to data; return ``(x, log|det dx/dz|)``."""
         raise NotImplementedError
 
+    def inverse_without_log_det(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """``inverse(z, context)[0]``, for callers that discard the log-det. Bijectors whose log-det
+        is separate work (an autoregressive spline's) override it to skip that work."""
+        return self.inverse(z, context)[0]
+
 
 class Chain(Bijector):
     """Bijectors applied in list order in ``forward`` and in reverse order in ``inverse``.
@@ -67,6 +73,11 @@ class Chain(Bijector):
             z, log_det = bijector.inverse(z, context)
             total = total + log_det
         return z, total
+
+    def inverse_without_log_det(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        for bijector in reversed(self.bijectors):
+            z = bijector.inverse_without_log_det(z, context)
+        return z
 
     def __len__(self) -> int:
         return len(self.bijectors)
