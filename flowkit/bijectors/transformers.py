@@ -95,6 +95,18 @@ class Affine(Transformer):
         shift, scale = self._shift_scale(params)
         torch.div(torch.sub(y, shift), scale, out=out)
 
+    def inverse_writer(self, like: Tensor) -> Writer:
+        scale = torch.empty_like(like)
+        offset, min_scale = scalar(self._offset, like), scalar(self.min_scale, like)
+
+        def write(y: Tensor, params: Tensor, out: Tensor) -> None:  # inverse_into, into a held buffer
+            shift, unconstrained = params.unbind(-1)
+            torch.add(unconstrained, offset, out=scale)
+            torch._C._nn.softplus(scale, 1.0, 20.0, out=scale)  # F.softplus, in place
+            torch.sub(y, shift, out=out).div_(scale.add_(min_scale))
+
+        return write
+
     def config(self) -> dict:
         return {"min_scale": self.min_scale}
 

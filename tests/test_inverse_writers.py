@@ -1,5 +1,6 @@
-"""The sampling step's spline writer computes exactly ``spline_inverse``'s value (bit for bit), and
-the sampling path that skips log-dets returns exactly what the full inverse returns."""
+"""The sampling steps' writers (``Transformer.inverse_writer``) compute exactly their transformer's
+``inverse`` value, bit for bit, and the sampling path that skips log-dets returns exactly what the
+full inverse returns."""
 
 from __future__ import annotations
 
@@ -9,19 +10,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowkit
-from flowkit.bijectors.transformers import RationalQuadraticSpline
+from flowkit.bijectors.transformers import Additive, Affine, RationalQuadraticSpline
 
 EXTREME_INPUTS = [0.0, 1e-30, -1e-30, 2.9999, 3.0, -3.0, 3.0001, 1e6, -1e6, 1e30, -1e30]
 
 
-def written(spline: RationalQuadraticSpline, y: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+def written(spline, y: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     out = torch.full_like(y, float("nan"))
     with torch.no_grad():
         spline.inverse_writer(y)(y, params, out)
     return out
 
 
-def reference(spline: RationalQuadraticSpline, y: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+def reference(spline, y: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return spline.inverse(y, params)[0]
 
@@ -75,6 +76,24 @@ def test_writer_is_reusable_across_calls() -> None:
             params = torch.randn(32, spline.num_params, generator=torch.Generator().manual_seed(seed))
             writer(y, params, out)
             assert torch.equal(out, reference(spline, y, params))
+
+
+@pytest.mark.parametrize("transformer", [Affine(), Affine(min_scale=0.3), Additive()],
+                         ids=["affine", "affine_0.3", "additive"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_other_writers_equal_their_inverse(transformer, dtype) -> None:
+    """Large and small scales (the softplus's linear and exponential ranges) and the identity."""
+    generator = torch.Generator().manual_seed(0)
+    params = torch.randn(50, transformer.num_params, generator=generator, dtype=dtype)
+    params[:10] *= 30
+    params[10:15] = 0.0
+    y = 5 * torch.randn(50, generator=generator, dtype=dtype)
+    writer = transformer.inverse_writer(y)
+    for scale in (1.0, 1e3):
+        out = torch.full_like(y, float("nan"))
+        with torch.no_grad():
+            writer(y * scale, params, out)
+        assert torch.equal(out, reference(transformer, y * scale, params))
 
 
 @pytest.mark.parametrize("preset", ["maf", "nsf", "realnvp", "iaf"])
