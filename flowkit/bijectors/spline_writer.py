@@ -53,7 +53,7 @@ class SplineInverseWriter:
         self.cumulative = torch.zeros(2, bins + 1, batch, dtype=like.dtype, device=like.device)
         self.exponentials, self.total = self.cumulative[:, 1:], self.cumulative[:, -1:]
         self.knots = new(2, bins + 1, batch)
-        self.last_knots = self.knots[:, -1]
+        self.last_knots, self.interior_y_knots = self.knots[:, -1], self.knots[1, 1:-1]
         self.maximum, self.shifted, self.scale = new(2, 1, batch), new(2, bins, batch), new(2, 1, batch)
         if min_bin_width == min_bin_height:
             step = 2.0 * tail_bound * min_bin_width
@@ -113,7 +113,7 @@ class SplineInverseWriter:
         self.interior.add_(self.min_derivative)
         # The bin of each clamped input, and its two knots.
         torch.clamp(y, -self.tail_bound, self.tail_bound, out=self.clamped)
-        torch.ge(self.clamped, self.knots[1, 1:-1], out=self.above)
+        torch.ge(self.clamped, self.interior_y_knots, out=self.above)
         torch.sum(self.above, 0, out=self.bin)
         torch.add(self.bin, self.pair, out=self.ends)
         torch.gather(self.knots, 1, self.ends_both, out=self.gathered)

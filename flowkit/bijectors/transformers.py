@@ -96,19 +96,25 @@ class Affine(Transformer):
         torch.div(torch.sub(y, shift), scale, out=out)
 
     def inverse_writer(self, like: Tensor) -> Writer:
-        scale = torch.empty_like(like)
-        offset, min_scale = scalar(self._offset, like), scalar(self.min_scale, like)
-
-        def write(y: Tensor, params: Tensor, out: Tensor) -> None:  # inverse_into, into a held buffer
-            shift, unconstrained = params.unbind(-1)
-            torch.add(unconstrained, offset, out=scale)
-            torch._C._nn.softplus(scale, 1.0, 20.0, out=scale)  # F.softplus, in place
-            torch.sub(y, shift, out=out).div_(scale.add_(min_scale))
-
-        return write
+        return _AffineInverseWriter(self, like)
 
     def config(self) -> dict:
         return {"min_scale": self.min_scale}
+
+
+class _AffineInverseWriter:
+    """``Affine.inverse_into`` with the scale in a held buffer and its constants looked up once
+    (a class, not a closure, so that a module holding one can still be pickled)."""
+
+    def __init__(self, affine: Affine, like: Tensor) -> None:
+        self.scale = like.new_empty(like.shape[0])
+        self.offset, self.min_scale = scalar(affine._offset, like), scalar(affine.min_scale, like)
+
+    def __call__(self, y: Tensor, params: Tensor, out: Tensor) -> None:
+        shift, unconstrained = params.unbind(-1)
+        torch.add(unconstrained, self.offset, out=self.scale)
+        torch._C._nn.softplus(self.scale, 1.0, 20.0, out=self.scale)  # F.softplus, in place
+        torch.sub(y, shift, out=out).div_(self.scale.add_(self.min_scale))
 
 
 class Additive(Transformer):
