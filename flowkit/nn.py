@@ -157,13 +157,22 @@ class MADE(nn.Module):
     """
 
     # Groups of units per layer in the block-triangular products (flowkit.masked_products): 4 do
-    # 62% of the dense work in 4 products a layer. They pay only where the groups stay large:
-    # measured on one CPU thread (CPU time, MADE forward + backward, batch 512, hidden 256, 256)
-    # a 43-feature spline MADE (989 outputs) took 17.8 ms against 21.4 dense, while an affine one
-    # (86 outputs) or any 6-feature MADE came out even (6.8 vs 6.4, 7.3 vs 7.0 ms): small products
-    # run below the matmul rate and each group adds Python dispatch. So ``plan`` is built only
-    # when the output layer is at least twice the widest hidden layer, with 8 or more features.
+    # 62% of the dense work in 4 products a layer. They pay where the groups stay large: measured
+    # on one CPU thread (CPU time, MADE forward + backward, batch 512, hidden 256, 256) a 43-feature
+    # spline MADE (989 outputs) took 17.8 ms against 21.4 dense, while any 6-feature MADE came out
+    # even (7.3 vs 7.0 ms): small products run below the matmul rate and each group adds Python
+    # dispatch. So ``plan`` is built only with 8 or more features.
     blocks = 4
+    # A narrow output layer (an affine MADE, 2 outputs a feature) pays with 2 groups (75% of the
+    # work) and on one CPU thread only. Measured (AMD EPYC, MAF of 43 features, 5 x [256, 256],
+    # batch 512, medians of 10 steps in 3 rounds): one thread trains in 56.5-57.5 ms against
+    # 62.4-65.2 dense and scores in 18.1-18.6 against 19.5-20.4 ms; on two threads the smaller
+    # products split worse between the threads and it lost (42.7-43.6 against 40.6-43.4 ms,
+    # 13.3-14.0 against 11.7-12.8). It also lost with hidden layers of 128 (27.9 against 25.2 ms;
+    # even at batch 2048) and at batches under 512 (128: 24.3 against 22.2 ms; 256: even), and
+    # gained 1.14-1.18x at batches of 1024 and 4096. Hence: hidden widths of 256 or more, batches
+    # of 512 or more, one CPU thread.
+    narrow_blocks = 2
 
     def __init__(
         self,
@@ -200,16 +209,23 @@ class MADE(nn.Module):
         # Per layer, per degree d: the slice [start, end) of the units of degree d. Static, so
         # the autoregressive inverse does no index arithmetic per step.
         self.bounds = [[_degree_slice(layer.degrees, d) for d in range(features)] for layer in layers]
-        pays = features >= 8 and features * num_params >= 2 * max(widths)
-        self.plan = _block_plan(self, degrees) if pays and self.natural_order and isinstance(self.activation, nn.ReLU) \
-            else None
+        # A wide output layer: at least twice the widest hidden layer (a spline MADE's).
+        self.wide_output = features * num_params >= 2 * max(widths)
+        blockable = (features >= 8 and self.natural_order and isinstance(self.activation, nn.ReLU)
+                     and (self.wide_output or min(widths) >= 256))
+        self.plan = _block_plan(self, degrees, self.blocks if self.wide_output else self.narrow_blocks) \
+            if blockable else None
 
     def blocked(self, x: Tensor) -> bool:
         """Whether ``forward`` runs the block-triangular products of ``flowkit.masked_products``:
         in the natural order with ReLU, outside ``torch.compile`` (which fuses the dense masked
-        graph itself) and outside autocast (whose casts the hand-written backward does not make)."""
+        graph itself) and outside autocast (whose casts the hand-written backward does not make);
+        for a narrow output layer, only on one CPU thread and batches of 512 or more (see
+        ``narrow_blocks``)."""
         return (self.plan is not None and not torch.compiler.is_compiling()
-                and not torch.is_autocast_enabled(x.device.type))
+                and not torch.is_autocast_enabled(x.device.type)
+                and (self.wide_output or (x.device.type == "cpu" and torch.get_num_threads() == 1
+                                          and x.shape[0] >= 512)))
 
     def forward_transposed(self, xT: Tensor, context: Tensor | None = None) -> Tensor:
         """The outputs as ``(num_params, features, batch)`` (contiguous) from ``xT``
@@ -242,18 +258,20 @@ class MADE(nn.Module):
         return rows.view(self.num_params, self.features, *rows.shape[1:]).transpose(0, 1)
 
 
-def _block_plan(made: MADE, input_degrees: Tensor) -> list[Groups]:
+def _block_plan(made: MADE, input_degrees: Tensor, groups: int | None = None) -> list[Groups]:
     """Per hidden layer, then the output layer (rows = features), the groups of output units and
-    the prefix of (degree-sorted) inputs each group sees; see ``flowkit.masked_products``."""
+    the prefix of (degree-sorted) inputs each group sees (``groups`` of them, ``made.blocks`` by
+    default); see ``flowkit.masked_products``."""
+    groups = groups or made.blocks
     plan = []
     previous = torch.sort(input_degrees).values
     for layer in made.layers:
         degrees = layer.degrees
-        plan.append(chunk_groups(len(degrees), made.blocks, lambda row, d=degrees, p=previous:
+        plan.append(chunk_groups(len(degrees), groups, lambda row, d=degrees, p=previous:
                                  int(torch.searchsorted(p, d[row], right=True))))
         previous = degrees
     # Output feature ``i`` (natural order: degree ``i + 1``) sees hidden degrees ``<= i``.
-    plan.append(chunk_groups(made.features, made.blocks,
+    plan.append(chunk_groups(made.features, groups,
                              lambda row, p=previous: int(torch.searchsorted(p, row, right=True))))
     return plan
 
